@@ -1,0 +1,127 @@
+"""The typed shape of a training YAML.
+
+Key names and meanings follow llm-foundry's pretrain YAMLs so that those files run
+unchanged. Sections whose keys depend on a registered name (`model`, `optimizer`,
+`scheduler`, `train_loader`, `callbacks`, `loggers`) stay mappings here and are checked
+against their registry in `foundry.config.sections`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional, Union
+
+from foundry.config.errors import ConfigError
+
+TimeString = Union[str, int]  # '100ba', '1ep', '10000tok', '0.1dur', or a number of batches
+
+
+@dataclass
+class TokenizerConfig:
+    name: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class FSDPConfig:
+    """llm-foundry's `fsdp_config` keys. Applied through Composer's FSDP2 path (fully_shard)."""
+
+    sharding_strategy: Literal['FULL_SHARD', 'SHARD_GRAD_OP', 'HYBRID_SHARD', '_HYBRID_SHARD_ZERO2', 'NO_SHARD'] = 'FULL_SHARD'
+    mixed_precision: Literal['DEFAULT', 'PURE', 'FULL'] = 'DEFAULT'
+    activation_checkpointing: bool = False
+    activation_checkpointing_reentrant: bool = False
+    activation_cpu_offload: bool = False
+    limit_all_gathers: bool = True
+    forward_prefetch: bool = False
+    backward_prefetch: str = 'BACKWARD_PRE'
+    use_orig_params: bool = True
+    sync_module_states: bool = False
+    state_dict_type: Literal['full', 'sharded'] = 'sharded'
+    load_monolith_rank0_only: bool = False
+    reshard_after_forward: bool = True
+    # HSDP: shard within groups of `data_parallel_shard_degree` ranks, replicate across groups.
+    data_parallel_shard_degree: int = -1
+    data_parallel_replicate_degree: int = 1
+    verbose: bool = False
+
+    UNSUPPORTED_KEYS = {
+        'cpu_offload': 'parameter CPU offload is not wired to the FSDP2 path; remove the key',
+    }
+
+
+@dataclass
+class GradientClippingConfig:
+    clipping_type: Literal['norm', 'value', 'adaptive'] = 'norm'
+    clipping_threshold: float = 1.0
+
+
+@dataclass
+class AlgorithmsConfig:
+    gradient_clipping: Optional[GradientClippingConfig] = None
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs, decided and validated before any process group exists."""
+
+    model: dict[str, Any]
+    tokenizer: TokenizerConfig
+    train_loader: dict[str, Any]
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any]
+    max_duration: TimeString
+    global_train_batch_size: int
+
+    variables: dict[str, Any] = field(default_factory=dict)
+    max_seq_len: Optional[int] = None
+    run_name: Optional[str] = None
+    # foundry: where metrics.jsonl and local artifacts of this run go ({run_name} is filled in).
+    run_folder: str = 'runs/{run_name}'
+    eval_loader: Optional[dict[str, Any]] = None
+    algorithms: AlgorithmsConfig = field(default_factory=AlgorithmsConfig)
+    eval_interval: TimeString = 1
+    eval_first: bool = False
+    eval_subset_num_batches: int = -1
+    seed: int = 17
+    device_eval_batch_size: Optional[int] = None
+    device_train_microbatch_size: Union[int, Literal['auto']] = 'auto'
+    precision: Literal['fp32', 'amp_bf16', 'amp_fp16', 'amp_fp8'] = 'amp_bf16'
+    fsdp_config: Optional[FSDPConfig] = None
+    progress_bar: bool = False
+    log_to_console: bool = True
+    console_log_interval: TimeString = '1ba'
+    callbacks: dict[str, Optional[dict[str, Any]]] = field(default_factory=dict)
+    loggers: dict[str, Optional[dict[str, Any]]] = field(default_factory=dict)
+    save_folder: Optional[str] = None
+    save_interval: TimeString = '1000ba'
+    save_num_checkpoints_to_keep: int = -1
+    save_overwrite: bool = False
+    save_weights_only: bool = False
+    load_path: Optional[str] = None
+    load_weights_only: bool = False
+    # None means: on whenever run_name and save_folder are both set (llm-foundry leaves it off).
+    autoresume: Optional[bool] = None
+    dist_timeout: float = 600.0
+    python_log_level: Optional[str] = 'info'
+    compile_config: Optional[dict[str, Any]] = None
+
+    UNSUPPORTED_KEYS = {
+        'icl_tasks': 'in-context-learning evaluation is not implemented yet; remove it and use eval_loader',
+        'icl_tasks_str': 'in-context-learning evaluation is not implemented yet',
+        'eval_gauntlet': 'the evaluation gauntlet is not implemented yet',
+        'eval_gauntlet_str': 'the evaluation gauntlet is not implemented yet',
+        'icl_subset_num_batches': 'in-context-learning evaluation is not implemented yet',
+        'icl_seq_len': 'in-context-learning evaluation is not implemented yet',
+        'tp_config': 'tensor parallelism is not implemented yet; use fsdp_config',
+        'profiler': 'the Composer profiler is not wired yet',
+        'load_ignore_keys': 'partial checkpoint loading is not implemented yet',
+        'save_ignore_keys': 'partial checkpoint saving is not implemented yet',
+        'device_train_grad_accum': 'removed in llm-foundry too; set device_train_microbatch_size instead',
+        'model_gauntlet': 'the evaluation gauntlet is not implemented yet',
+    }
+
+    def check(self, path: str) -> None:
+        if self.global_train_batch_size <= 0:
+            raise ConfigError(f'`global_train_batch_size` must be positive, got {self.global_train_batch_size}')
+        if isinstance(self.device_train_microbatch_size, int) and self.device_train_microbatch_size <= 0:
+            raise ConfigError('`device_train_microbatch_size` must be positive or "auto"')

@@ -1,0 +1,123 @@
+"""Check the registry-owned sections of a TrainConfig against their registries.
+
+Each registry module publishes a table of valid keys and defaults per registered name;
+this module checks names and keys with the same nearest-match messages as the schema.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Mapping
+
+from foundry.config.errors import ConfigError, join_path, unknown_key_error
+from foundry.config.schema import TrainConfig
+from foundry.config.validate import check_keys
+
+# llm-foundry model keys that are not MPTConfig arguments but are accepted for compatibility.
+EXTRA_MODEL_KEYS: dict[str, Any] = {'loss_fn': 'torch_crossentropy'}
+LOSS_FNS = ('torch_crossentropy', 'fused_crossentropy', 'chunked_crossentropy')
+
+
+def model_key_defaults() -> dict[str, Any]:
+    """Valid `model.*` keys (besides `name`) with their defaults, read off MPTConfig's signature."""
+    from foundry.models.mpt.configuration import MPTConfig
+
+    params = inspect.signature(MPTConfig.__init__).parameters
+    keys = {n: p.default for n, p in params.items()
+            if n != 'self' and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+    keys.update(EXTRA_MODEL_KEYS)
+    return keys
+
+
+def check_model(section: dict[str, Any]) -> dict[str, Any]:
+    from foundry.models import MODELS
+    from foundry.models.mpt.configuration import ATTN_CONFIG_DEFAULTS, INIT_CONFIG_DEFAULTS
+
+    name = _require_name(section, 'model', MODELS)
+    body = {k: v for k, v in section.items() if k != 'name'}
+    checked = check_keys(body, model_key_defaults(), 'model')
+    for sub, defaults in (('attn_config', ATTN_CONFIG_DEFAULTS), ('init_config', INIT_CONFIG_DEFAULTS)):
+        if body.get(sub) is not None:
+            check_keys(body[sub], defaults, f'model.{sub}')
+    if checked.get('loss_fn') not in LOSS_FNS:
+        raise ConfigError(f'`model.loss_fn` is {checked.get("loss_fn")!r}; expected one of {", ".join(LOSS_FNS)}')
+    return {'name': name, **body}
+
+
+def check_named_section(section: Mapping[str, Any], path: str, key_table: Mapping[str, Mapping[str, Any]]) -> None:
+    """A section like `optimizer:` whose `name` picks the valid keys for the rest."""
+    _require_name(section, path, key_table)
+    body = {k: v for k, v in section.items() if k != 'name'}
+    check_keys(body, key_table[section['name']], path)
+
+
+def check_loader(section: Mapping[str, Any], path: str) -> None:
+    from foundry.data.text_dataset import STREAM_KEYS, TEXT_DATASET_KEYS, TEXT_LOADER_KEYS
+
+    _require_name(section, path, {'text': None})
+    loader = {k: v for k, v in section.items() if k != 'name'}
+    check_keys(loader, TEXT_LOADER_KEYS, path)
+    dataset = loader.get('dataset')
+    if dataset is None:
+        raise ConfigError(f'missing required key `{path}.dataset` (where the MDS data lives: remote/local/split or streams)')
+    check_keys(dataset, TEXT_DATASET_KEYS, f'{path}.dataset')
+    streams = dataset.get('streams') or {}
+    for stream_name, stream in streams.items():
+        check_keys(stream or {}, STREAM_KEYS, f'{path}.dataset.streams.{stream_name}')
+    has_source = dataset.get('remote') or dataset.get('local') or streams
+    if not has_source:
+        raise ConfigError(f'`{path}.dataset` names no data: set `remote` and/or `local`, or `streams`')
+
+
+def check_registry_map(section: Mapping[str, Any], path: str, key_table: Mapping[str, Mapping[str, Any]], what: str) -> None:
+    """A section like `callbacks:` that maps registered names to their own key/value settings."""
+    for name, settings in section.items():
+        if name not in key_table:
+            raise unknown_key_error(path, name, key_table, what)
+        check_keys(settings or {}, key_table[name], join_path(path, name))
+
+
+def check_sections(cfg: TrainConfig) -> None:
+    from foundry.callbacks import CALLBACK_KEYS
+    from foundry.loggers import LOGGER_KEYS
+    from foundry.optim.builders import OPTIMIZER_KEYS, SCHEDULER_KEYS
+
+    check_model(cfg.model)
+    check_named_section(cfg.optimizer, 'optimizer', OPTIMIZER_KEYS)
+    check_named_section(cfg.scheduler, 'scheduler', SCHEDULER_KEYS)
+    check_loader(cfg.train_loader, 'train_loader')
+    if cfg.eval_loader is not None:
+        check_loader(cfg.eval_loader, 'eval_loader')
+    check_registry_map(cfg.callbacks, 'callbacks', CALLBACK_KEYS, 'callback')
+    check_registry_map(cfg.loggers, 'loggers', LOGGER_KEYS, 'logger')
+    _check_consistency(cfg)
+
+
+def _check_consistency(cfg: TrainConfig) -> None:
+    if cfg.fsdp_config is not None:
+        shard = cfg.fsdp_config.data_parallel_shard_degree
+        replicate = cfg.fsdp_config.data_parallel_replicate_degree
+        if replicate < 1:
+            raise ConfigError('`fsdp_config.data_parallel_replicate_degree` must be at least 1')
+        if replicate > 1 and shard < 1:
+            raise ConfigError('`fsdp_config.data_parallel_replicate_degree` > 1 needs `fsdp_config.data_parallel_shard_degree` '
+                              '(ranks per shard group, usually GPUs per node)')
+
+
+def _require_name(section: Mapping[str, Any], path: str, registry: Mapping[str, Any]) -> str:
+    if not isinstance(section, Mapping):
+        raise ConfigError(f'`{path}` must be a mapping with a `name` key, not {section!r}')
+    name = section.get('name')
+    if name is None:
+        raise ConfigError(f'missing required key `{path}.name`; choose one of: {", ".join(sorted(registry))}')
+    if name not in registry:
+        raise _unknown_name(path, name, registry)
+    return name
+
+
+def _unknown_name(path: str, name: Any, registry: Mapping[str, Any]) -> ConfigError:
+    from foundry.config.errors import closest_match
+
+    suggestion = closest_match(str(name), registry)
+    hint = f'did you mean {suggestion!r}?' if suggestion else f'choose one of: {", ".join(sorted(registry))}'
+    return ConfigError(f'`{path}.name` is {name!r}, which foundry does not know; {hint}')

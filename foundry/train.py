@@ -1,0 +1,195 @@
+"""YAML -> config objects -> builders -> Trainer.fit(), top to bottom.
+
+`launch/train.py` (what `composer launch/train.py YAML key=value ...` runs) calls
+`load_config` then `train`. Everything a run needs is validated by `load_config` before
+this module creates a process group or a tensor.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+
+from foundry.config.errors import ConfigError
+from foundry.config.schema import TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """Decisions derived from the config and the launch environment, made before any tensor exists."""
+
+    device: str  # 'gpu' or 'cpu'
+    precision: str
+    run_name: str
+    run_folder: str
+    world_size: int
+    local_world_size: int
+    device_train_batch_size: int
+    device_train_microbatch_size: int | str
+    device_eval_batch_size: int
+    autoresume: bool
+
+
+def plan_run(cfg: TrainConfig) -> RunPlan:
+    from composer.utils import dist
+
+    device = 'gpu' if torch.cuda.is_available() else 'cpu'
+    precision = cfg.precision
+    if device == 'cpu' and precision != 'fp32':
+        # Composer refuses AMP on CPU; an llm-foundry YAML (amp_bf16) should still run here.
+        warnings.warn(f'precision {precision!r} needs a GPU; this CPU run uses fp32')
+        precision = 'fp32'
+
+    world_size = dist.get_world_size()
+    if cfg.global_train_batch_size % world_size != 0:
+        raise ConfigError(f'`global_train_batch_size` ({cfg.global_train_batch_size}) must be divisible by the number of '
+                          f'processes ({world_size})')
+    device_batch = cfg.global_train_batch_size // world_size
+    microbatch = cfg.device_train_microbatch_size
+    if microbatch == 'auto' and device == 'cpu':
+        microbatch = device_batch  # Composer's automatic microbatching searches by catching CUDA OOMs.
+    if isinstance(microbatch, int) and microbatch > device_batch:
+        microbatch = device_batch
+
+    run_name = cfg.run_name or os.environ.get('RUN_NAME') or 'foundry-run'
+    run_folder = cfg.run_folder.format(run_name=run_name)
+    autoresume = cfg.autoresume
+    if autoresume is None:
+        autoresume = bool(cfg.run_name and cfg.save_folder)
+    if autoresume and not cfg.save_folder:
+        raise ConfigError('`autoresume: true` needs `save_folder` (where to look for the latest checkpoint)')
+    return RunPlan(
+        device=device,
+        precision=precision,
+        run_name=run_name,
+        run_folder=run_folder,
+        world_size=world_size,
+        local_world_size=dist.get_local_world_size(),
+        device_train_batch_size=device_batch,
+        device_train_microbatch_size=microbatch,
+        device_eval_batch_size=cfg.device_eval_batch_size or device_batch,
+        autoresume=autoresume,
+    )
+
+
+def train(cfg: TrainConfig):
+    """Train as configured; returns the fitted Composer Trainer."""
+    from composer import Trainer
+    from composer.algorithms import GradientClipping
+    from composer.utils import dist, reproducibility
+
+    from foundry.callbacks import build_callbacks
+    from foundry.data.text_dataset import build_text_dataloader
+    from foundry.data.tokenizer import build_tokenizer
+    from foundry.distributed.fsdp import build_fsdp2_config
+    from foundry.distributed.materialize import materialize_meta_model
+    from foundry.loggers import build_loggers
+    from foundry.loggers.jsonl import JSONLinesLogger
+    from foundry.models import MODELS
+    from foundry.optim.builders import build_optimizer, build_scheduler
+
+    plan = plan_run(cfg)
+    logging.basicConfig(format='%(asctime)s: rank%(rank)s[%(process)d] %(levelname)s %(name)s: %(message)s'
+                        .replace('%(rank)s', str(dist.get_global_rank())))
+    logging.getLogger('foundry').setLevel((cfg.python_log_level or 'info').upper())
+    reproducibility.seed_all(cfg.seed)
+    dist.initialize_dist(plan.device, timeout=cfg.dist_timeout)
+
+    tokenizer = build_tokenizer(cfg.tokenizer.name, cfg.tokenizer.kwargs)
+
+    model_cfg = {k: v for k, v in cfg.model.items() if k != 'name'}
+    model = MODELS[cfg.model['name']](model_cfg, tokenizer)
+    if cfg.fsdp_config is None or plan.device == 'cpu':
+        # Composer's FSDP2 meta-init materialises on CUDA only; on CPU (and without FSDP) we do it here.
+        materialize_meta_model(model, 'cuda' if plan.device == 'gpu' else 'cpu')
+
+    optimizer = build_optimizer(model, cfg.optimizer['name'], _without_name(cfg.optimizer))
+    scheduler = build_scheduler(cfg.scheduler['name'], _without_name(cfg.scheduler))
+
+    train_loader = build_text_dataloader(cfg.train_loader, tokenizer, plan.device_train_batch_size)
+    eval_loader = None
+    if cfg.eval_loader is not None:
+        from composer.core import Evaluator
+
+        eval_spec = build_text_dataloader(cfg.eval_loader, tokenizer, plan.device_eval_batch_size)
+        eval_loader = Evaluator(label='eval', dataloader=eval_spec, metric_names=list(model.get_metrics(is_train=False)))
+
+    os.makedirs(plan.run_folder, exist_ok=True)
+    loggers = build_loggers(cfg.loggers) + [JSONLinesLogger(os.path.join(plan.run_folder, 'metrics.jsonl'))]
+    callbacks = build_callbacks(cfg.callbacks)
+    algorithms = []
+    if cfg.algorithms.gradient_clipping is not None:
+        clip = cfg.algorithms.gradient_clipping
+        algorithms.append(GradientClipping(clipping_type=clip.clipping_type, clipping_threshold=clip.clipping_threshold))
+
+    parallelism = None
+    if cfg.fsdp_config is not None and plan.world_size > 1:
+        parallelism = {'fsdp': build_fsdp2_config(cfg.fsdp_config, plan.world_size, plan.local_world_size,
+                                                  'cuda' if plan.device == 'gpu' else 'cpu')}
+
+    trainer = Trainer(
+        run_name=plan.run_name,
+        seed=cfg.seed,
+        model=model,
+        train_dataloader=train_loader,
+        eval_dataloader=eval_loader,
+        eval_interval=cfg.eval_interval,
+        eval_subset_num_batches=cfg.eval_subset_num_batches,
+        optimizers=optimizer,
+        schedulers=scheduler,
+        max_duration=cfg.max_duration,
+        device=plan.device,
+        precision=plan.precision,
+        device_train_microbatch_size=plan.device_train_microbatch_size,
+        parallelism_config=parallelism,
+        algorithms=algorithms,
+        callbacks=callbacks,
+        loggers=loggers,
+        progress_bar=cfg.progress_bar,
+        log_to_console=cfg.log_to_console,
+        console_log_interval=cfg.console_log_interval,
+        save_folder=cfg.save_folder,
+        save_interval=cfg.save_interval,
+        save_num_checkpoints_to_keep=cfg.save_num_checkpoints_to_keep,
+        save_overwrite=cfg.save_overwrite,
+        save_weights_only=cfg.save_weights_only,
+        load_path=cfg.load_path,
+        load_weights_only=cfg.load_weights_only,
+        autoresume=plan.autoresume,
+        dist_timeout=cfg.dist_timeout,
+        python_log_level=cfg.python_log_level,
+    )
+    if plan.autoresume:
+        log.info('autoresume is on: looking for the latest checkpoint in %s', cfg.save_folder)
+    trainer.fit()
+    return trainer
+
+
+def _without_name(section: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in section.items() if k != 'name'}
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Entry point of `launch/train.py`: `YAML [key=value ...]`."""
+    import sys
+
+    from foundry.config.load import load_config
+
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] in ('-h', '--help'):
+        print('usage: composer launch/train.py YAML [key=value ...]', file=sys.stderr)
+        return 2
+    try:
+        cfg = load_config(args[0], args[1:])
+        train(cfg)
+    except ConfigError as e:
+        print(f'foundry: config error: {e}', file=sys.stderr)
+        return 2
+    return 0
