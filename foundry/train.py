@@ -90,6 +90,7 @@ def train(cfg: TrainConfig):
     from foundry.data.tokenizer import build_tokenizer
     from foundry.distributed.fsdp import build_fsdp2_config
     from foundry.distributed.materialize import materialize_meta_model
+    from foundry.export.hf import write_run_meta
     from foundry.loggers import build_loggers
     from foundry.loggers.jsonl import JSONLinesLogger
     from foundry.models import MODELS
@@ -122,6 +123,11 @@ def train(cfg: TrainConfig):
         eval_loader = Evaluator(label='eval', dataloader=eval_spec, metric_names=list(model.get_metrics(is_train=False)))
 
     os.makedirs(plan.run_folder, exist_ok=True)
+    if cfg.save_folder and '://' not in cfg.save_folder and dist.get_global_rank() == 0:
+        from composer.utils import format_name_with_dist
+
+        # Checkpoints carry their own model config and tokenizer, so `foundry export hf` needs nothing else.
+        write_run_meta(format_name_with_dist(cfg.save_folder, plan.run_name), model.model.config, tokenizer)
     loggers = build_loggers(cfg.loggers) + [JSONLinesLogger(os.path.join(plan.run_folder, 'metrics.jsonl'))]
     callbacks = build_callbacks(cfg.callbacks)
     algorithms = []

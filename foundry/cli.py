@@ -1,0 +1,110 @@
+"""The `foundry` command: look at a config, a plan or a checkpoint without training.
+
+    foundry info YAML [key=value ...]           parameters, FLOPs per token, data mixture
+    foundry export hf CHECKPOINT OUT_DIR        a Composer checkpoint as a Hugging Face folder
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional
+
+from foundry.config.errors import ConfigError
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from foundry.config.load import load_config
+    from foundry.models import count_parameters
+    from foundry.models.flops import flops_per_token
+    from foundry.models.mpt.configuration import MPTConfig
+
+    cfg = load_config(args.yaml, args.overrides)
+    model_cfg = {k: v for k, v in cfg.model.items() if k not in ('name', 'loss_fn')}
+    mpt_config = MPTConfig(**model_cfg)
+    n_params = count_parameters(mpt_config)
+    seq_len = (cfg.train_loader.get('dataset') or {}).get('max_seq_len') or mpt_config.max_seq_len
+    tokens_per_batch = cfg.global_train_batch_size * seq_len
+
+    print(f'config: {args.yaml}')
+    print(f'model: {cfg.model["name"]}  d_model={mpt_config.d_model} n_layers={mpt_config.n_layers} '
+          f'n_heads={mpt_config.n_heads} vocab_size={mpt_config.vocab_size} max_seq_len={mpt_config.max_seq_len}')
+    print(f'parameters: {n_params:,} ({_human(n_params)})')
+    print(f'training FLOPs per token at seq {seq_len}: {flops_per_token(mpt_config, seq_len):.4g}')
+    print(f'global batch: {cfg.global_train_batch_size} x {seq_len} = {tokens_per_batch:,} tokens; '
+          f'max_duration: {cfg.max_duration}')
+    for label, loader in (('train_loader', cfg.train_loader), ('eval_loader', cfg.eval_loader)):
+        if loader is not None:
+            _print_streams(label, loader)
+    return 0
+
+
+def cmd_export_hf(args: argparse.Namespace) -> int:
+    from foundry.export.hf import export_hf
+
+    export_hf(args.checkpoint, args.out_dir, dtype=args.dtype, meta_dir=args.meta)
+    return 0
+
+
+def _print_streams(label: str, loader: dict) -> None:
+    dataset = loader.get('dataset') or {}
+    streams = dataset.get('streams')
+    if not streams:
+        streams = {'(single)': {k: dataset.get(k) for k in ('remote', 'local', 'split')}}
+    explicit = [s.get('proportion') for s in streams.values() if s and s.get('proportion') is not None]
+    total = sum(explicit) if explicit else None
+    print(f'{label} streams:')
+    width = max(len(n) for n in streams)
+    for name, stream in streams.items():
+        stream = stream or {}
+        proportion = stream.get('proportion')
+        if proportion is not None:
+            weight = f'{proportion / total:.3f}' if total else f'{proportion}'
+        elif stream.get('repeat') is not None:
+            weight = f'repeat {stream["repeat"]}'
+        elif stream.get('choose') is not None:
+            weight = f'choose {stream["choose"]}'
+        else:
+            weight = 'by size'
+        where = stream.get('remote') or stream.get('local') or dataset.get('remote') or dataset.get('local')
+        split = stream.get('split') or dataset.get('split') or ''
+        print(f'  {name:<{width}}  weight {weight:>9}  {where}  {split}')
+
+
+def _human(n: int) -> str:
+    for unit, size in (('B', 1e9), ('M', 1e6), ('K', 1e3)):
+        if n >= size:
+            return f'{n / size:.2f}{unit}'
+    return str(n)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog='foundry', description='Pretrain MPT-style language models.')
+    sub = parser.add_subparsers(dest='command', required=True)
+    info = sub.add_parser('info', help='parameters, FLOPs per token and data streams of a training YAML')
+    info.add_argument('yaml')
+    info.add_argument('overrides', nargs='*', help='key=value overrides, as for training')
+    info.set_defaults(func=cmd_info)
+    export = sub.add_parser('export', help='convert a checkpoint for other tools')
+    export_sub = export.add_subparsers(dest='format', required=True)
+    hf = export_sub.add_parser('hf', help='Hugging Face folder: config.json, safetensors, tokenizer')
+    hf.add_argument('checkpoint', help='sharded checkpoint folder, full .pt file, or latest-rank0.pt.symlink; local or s3://')
+    hf.add_argument('out_dir')
+    hf.add_argument('--dtype', choices=['fp32', 'bf16', 'fp16'], default=None, help='cast floating weights')
+    hf.add_argument('--meta', default=None, help='folder with the model config.json and tokenizer (default: the run\'s hf_meta)')
+    hf.set_defaults(func=cmd_export_hf)
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as e:
+        print(f'foundry: config error: {e}', file=sys.stderr)
+        return 2
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""Composer checkpoint -> Hugging Face folder (config.json, safetensors, tokenizer).
+
+The folder loads with `transformers.AutoModelForCausalLM.from_pretrained(OUT_DIR)` (the
+native MPT class, no remote code) and with foundry's own `MPTForCausalLM`. Weights are
+streamed from the checkpoint into safetensors shards a group at a time, so a sharded
+checkpoint converts without the whole model in one process's memory.
+
+Every foundry run writes its model config and tokenizer into `{save_folder}/hf_meta/` at
+start, so a checkpoint folder describes itself; `--meta` points elsewhere if needed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Optional
+
+import torch
+
+from foundry.export.checkpoint import CheckpointError, iter_model_tensors, resolve_local_checkpoint
+
+META_DIRNAME = 'hf_meta'
+DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}
+
+
+def write_run_meta(save_folder: str, mpt_config, tokenizer) -> str:
+    """Store the model config and tokenizer beside a run's checkpoints (rank 0, at start)."""
+    meta_dir = os.path.join(save_folder, META_DIRNAME)
+    os.makedirs(meta_dir, exist_ok=True)
+    mpt_config.save_pretrained(meta_dir)
+    tokenizer.save_pretrained(meta_dir)
+    return meta_dir
+
+
+def find_run_meta(checkpoint_path: str) -> str:
+    """The hf_meta folder of the run that wrote `checkpoint_path` (it sits in the save folder)."""
+    probe = os.path.abspath(checkpoint_path)
+    for _ in range(3):
+        probe = os.path.dirname(probe)
+        candidate = os.path.join(probe, META_DIRNAME)
+        if os.path.isfile(os.path.join(candidate, 'config.json')):
+            return candidate
+    raise CheckpointError(f'no {META_DIRNAME}/config.json found beside {checkpoint_path}; '
+                          f'pass --meta DIR (a folder with the model config.json and tokenizer files)')
+
+
+def export_hf(checkpoint: str, out_dir: str, dtype: Optional[str] = None, meta_dir: Optional[str] = None,
+              max_shard_bytes: int = 2 << 30) -> str:
+    from safetensors.torch import save_file
+    from transformers import AutoTokenizer
+
+    from foundry.models.mpt.configuration import MPTConfig
+
+    # Resolve first: `latest-rank0.pt.symlink` lives in the save folder, its target one level down.
+    meta_dir = meta_dir or find_run_meta(checkpoint)
+    local = resolve_local_checkpoint(checkpoint)
+    config = MPTConfig.from_pretrained(meta_dir)
+    target_dtype = DTYPES[dtype] if dtype else None
+    os.makedirs(out_dir, exist_ok=True)
+
+    tied = getattr(config, 'tie_word_embeddings', True)
+    weight_map: dict[str, str] = {}
+    shard_files: list[str] = []
+    total = 0
+    for index, group in enumerate(iter_model_tensors(local, max_bytes=max_shard_bytes)):
+        tensors = {}
+        for name, tensor in group.items():
+            if tied and name == 'lm_head.weight':
+                continue  # tied to transformer.wte.weight; HF re-ties on load
+            tensor = tensor.detach().to('cpu')
+            tensors[name] = (tensor.to(target_dtype) if target_dtype and tensor.is_floating_point() else tensor).contiguous()
+            total += tensors[name].numel() * tensors[name].element_size()
+        filename = f'model-{index + 1:05d}.safetensors'
+        save_file(tensors, os.path.join(out_dir, filename), metadata={'format': 'pt'})
+        weight_map.update({name: filename for name in tensors})
+        shard_files.append(filename)
+        del tensors, group
+
+    _rename_shards(out_dir, shard_files, weight_map)
+    if target_dtype is not None:
+        config.torch_dtype = target_dtype
+    config.save_pretrained(out_dir)
+    AutoTokenizer.from_pretrained(meta_dir).save_pretrained(out_dir)
+    print(f'exported {len(weight_map)} tensors ({total / 2**20:.1f} MiB) from {local} to {out_dir}')
+    return out_dir
+
+
+def _rename_shards(out_dir: str, files: list[str], weight_map: dict[str, str]) -> None:
+    """Name shards model-0000i-of-0000n (or model.safetensors when there is one) and index them."""
+    if len(files) == 1:
+        os.replace(os.path.join(out_dir, files[0]), os.path.join(out_dir, 'model.safetensors'))
+        return
+    renamed = {f: f'model-{i + 1:05d}-of-{len(files):05d}.safetensors' for i, f in enumerate(files)}
+    for old, new in renamed.items():
+        os.replace(os.path.join(out_dir, old), os.path.join(out_dir, new))
+    index = {'metadata': {}, 'weight_map': {k: renamed[v] for k, v in weight_map.items()}}
+    with open(os.path.join(out_dir, 'model.safetensors.index.json'), 'w') as f:
+        json.dump(index, f, indent=2)
