@@ -1,0 +1,124 @@
+"""Build a Hugging Face tokenizer from a hub name, a local directory, or a bare tokenizer.json.
+
+A bare tokenizer.json (what the `tokenizers` library saves, and what the demo corpus trains)
+carries no tokenizer_config.json, so nothing tells transformers which token is eos/bos/pad.
+We fill those in from well-known special-token spellings so that such a file is a first-class
+tokenizer for conversion and training, not a second-class fallback.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+from foundry.data.errors import DataError
+
+__all__ = ['build_tokenizer', 'looks_like_local_path']
+
+# Spellings of special tokens used by common tokenizer families, in order of preference.
+_EOS_CANDIDATES = ('<|endoftext|>', '</s>', '<|end_of_text|>', '<eos>')
+_BOS_CANDIDATES = ('<s>', '<|begin_of_text|>', '<bos>')
+_UNK_CANDIDATES = ('<unk>', '[UNK]')
+_PAD_CANDIDATES = ('<pad>', '[PAD]')
+
+# GPT-2 / GPT-NeoX style tokenizers have one special token that plays every role; their
+# published configs set bos = eos = unk = '<|endoftext|>'. We follow that convention.
+_ALL_ROLES_TOKEN = '<|endoftext|>'
+
+# Hub repo ids are "name" or "org/name" made of these characters.
+_HUB_ID = re.compile(r'^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$')
+
+
+def looks_like_local_path(name: str) -> bool:
+    """Whether ``name`` is clearly meant as a filesystem path rather than a hub repo id."""
+    if name.startswith(('/', './', '../', '~', '.\\')) or '\\' in name:
+        return True
+    if name.endswith('.json'):
+        return True
+    # "org/name" is a hub id; anything with more path components is a path.
+    return not _HUB_ID.match(name)
+
+
+def build_tokenizer(name: str, kwargs: dict[str, Any] | None = None) -> PreTrainedTokenizerBase:
+    """Load a tokenizer.
+
+    Args:
+        name: a Hugging Face hub repo id (e.g. ``EleutherAI/gpt-neox-20b``), a local directory
+            saved with ``save_pretrained``, or a path to a ``tokenizer.json`` file.
+        kwargs: passed through to the tokenizer constructor (e.g. ``model_max_length``).
+
+    Returns:
+        A tokenizer whose ``pad_token`` is set (to eos when the tokenizer defines no pad),
+        because batching needs a pad id even though padded positions are masked out.
+    """
+    if not isinstance(name, str) or not name:
+        raise DataError(f'tokenizer name must be a non-empty string, got {name!r}. '
+                        'Set tokenizer.name to a hub id, a directory, or a tokenizer.json path.')
+    kwargs = dict(kwargs or {})
+    path = os.path.expanduser(name)
+
+    if os.path.isfile(path):
+        tokenizer = _from_tokenizer_file(path, kwargs)
+    elif os.path.isdir(path):
+        bare = os.path.join(path, 'tokenizer.json')
+        has_config = os.path.isfile(os.path.join(path, 'tokenizer_config.json'))
+        if os.path.isfile(bare) and not has_config:
+            # AutoTokenizer cannot pick a class without tokenizer_config.json; load the file.
+            tokenizer = _from_tokenizer_file(bare, kwargs)
+        else:
+            tokenizer = _from_pretrained(path, kwargs, what='local directory')
+    elif looks_like_local_path(name):
+        raise DataError(f'tokenizer path {name!r} does not exist. Point tokenizer.name at an '
+                        'existing tokenizer.json file or a directory saved with save_pretrained, '
+                        'or use a Hugging Face hub id such as EleutherAI/gpt-neox-20b.')
+    else:
+        tokenizer = _from_pretrained(name, kwargs, what='Hugging Face hub id')
+
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        # Padded positions are excluded by attention_mask and labels=-100, so reusing eos is safe.
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _from_pretrained(name: str, kwargs: dict[str, Any], what: str) -> PreTrainedTokenizerBase:
+    try:
+        return AutoTokenizer.from_pretrained(name, **kwargs)
+    except (OSError, ValueError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DataError(f'could not load tokenizer from {what} {name!r}: {first_line}. Check the '
+                        'name and your network/HF_TOKEN, or use a local tokenizer.json path.') from err
+
+
+def _from_tokenizer_file(path: str, kwargs: dict[str, Any]) -> PreTrainedTokenizerFast:
+    try:
+        tokenizer = PreTrainedTokenizerFast(tokenizer_file=path, **kwargs)
+    except Exception as err:  # the Rust loader raises its own Exception type
+        raise DataError(f'could not read tokenizer file {path!r}: {err}. It must be a '
+                        'tokenizer.json written by the `tokenizers` library.') from err
+
+    vocab = tokenizer.get_vocab()
+    roles = {
+        'eos_token': _first_present(_EOS_CANDIDATES, vocab),
+        'bos_token': _first_present(_BOS_CANDIDATES, vocab),
+        'unk_token': _first_present(_UNK_CANDIDATES, vocab),
+        'pad_token': _first_present(_PAD_CANDIDATES, vocab),
+    }
+    if roles['eos_token'] == _ALL_ROLES_TOKEN:
+        roles['bos_token'] = roles['bos_token'] or _ALL_ROLES_TOKEN
+        roles['unk_token'] = roles['unk_token'] or _ALL_ROLES_TOKEN
+    for role, token in roles.items():
+        # Explicit kwargs (e.g. eos_token='</s>') win over our guesses.
+        if token is not None and role not in kwargs and getattr(tokenizer, role) is None:
+            setattr(tokenizer, role, token)
+    return tokenizer
+
+
+def _first_present(candidates: tuple[str, ...], vocab: dict[str, int]) -> str | None:
+    for token in candidates:
+        if token in vocab:
+            return token
+    return None
+
