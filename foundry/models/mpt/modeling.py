@@ -1,0 +1,215 @@
+"""MPTModel (embeddings + blocks + final norm) and MPTForCausalLM (adds the output head).
+
+Weights are named as in mosaicml/mpt-7b, so a folder from `save_pretrained` loads both here and in
+transformers' native `MptForCausalLM`. With tied embeddings (the default) there is no `lm_head`
+module: logits are `F.linear(h, wte.weight)`, as MPT computes them. No parameter is shared between
+two modules, so sharding (FSDP) needs no special care for the tie.
+
+Hooks for the parallelism layer, which this file otherwise knows nothing about:
+  fsdp_wrap_fn(module)                 -> True for each MPTBlock (one FSDP unit per block)
+  activation_checkpointing_fn(module)  -> True for each MPTBlock
+  param_init_fn(module)                -> initialise that module's own parameters (see init.py)
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+
+from .attention import KVCache, build_attn_bias
+from .blocks import MPTBlock
+from .configuration import MPTConfig
+from .init import init_module_
+from .loss import causal_lm_loss
+from .norms import build_norm
+
+
+class MPTPreTrainedModel(PreTrainedModel):
+    config_class = MPTConfig
+    base_model_prefix = "transformer"
+    _no_split_modules = ["MPTBlock"]
+    # MPT-7B's checkpoint carries an unused position table (learned_pos_emb and ALiBi both set).
+    _keys_to_ignore_on_load_unexpected = [r"transformer\.wpe\.weight"]
+
+    # ------------------------------------------------------------- parallelism hooks
+    def fsdp_wrap_fn(self, module: nn.Module) -> bool:
+        return isinstance(module, MPTBlock)
+
+    def activation_checkpointing_fn(self, module: nn.Module) -> bool:
+        return isinstance(module, MPTBlock)
+
+    def param_init_fn(self, module: nn.Module) -> None:
+        """Initialise only `module`'s direct parameters (composer's meta init calls this per module)."""
+        init_module_(module, self.config)
+
+    # ------------------------------------------------------------- initialisation
+    def init_weights(self) -> None:
+        """(Re)initialise every parameter by MPT's scheme (deterministic given torch.manual_seed).
+
+        Runs at the end of a CPU/GPU build (via post_init); call it yourself after `to_empty()`
+        from a meta build. On meta tensors it does nothing.
+        """
+        for module in self.modules():
+            init_module_(module, self.config)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # transformers' hook: from_pretrained uses it for weights missing from a checkpoint.
+        init_module_(module, self.config)
+
+
+class MPTModel(MPTPreTrainedModel):
+    def __init__(self, config: MPTConfig, *, post_init: bool = True):
+        super().__init__(config)
+        self.wte = nn.Embedding(config.vocab_size, config.d_model)
+        self.wpe = nn.Embedding(config.max_seq_len, config.d_model) if config.learned_pos_emb else None
+        self.emb_drop = nn.Dropout(config.emb_pdrop)
+        self.blocks = nn.ModuleList(MPTBlock(config) for _ in range(config.n_layers))
+        self.norm_f = build_norm(config.norm_type, config.d_model, config.norm_eps, config.no_bias)
+        if post_init:  # MPTForCausalLM initialises once for the whole model instead
+            self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.wte
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.wte = value
+
+    def forward(
+        self,
+        input_ids: Optional[torch.LongTensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        sequence_id: Optional[torch.LongTensor] = None,
+        past_key_values: Optional[tuple[KVCache, ...]] = None,
+        use_cache: Optional[bool] = None,
+        inputs_embeds: Optional[torch.Tensor] = None,
+        output_hidden_states: Optional[bool] = None,
+        return_dict: Optional[bool] = None,
+    ) -> BaseModelOutputWithPast:
+        cfg = self.config
+        use_cache = cfg.use_cache if use_cache is None else use_cache
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids and inputs_embeds")
+        x = self.wte(input_ids) if inputs_embeds is None else inputs_embeds
+        batch, seq = x.shape[:2]
+        past_len = past_key_values[0][0].shape[2] if past_key_values else 0
+        if (cfg.attn_config["attn_uses_sequence_id"] and self.training and sequence_id is None):
+            raise ValueError("attn_uses_sequence_id is on: training batches must carry sequence_id")
+
+        if self.wpe is not None:
+            if past_len + seq > cfg.max_seq_len:
+                raise ValueError(
+                    f"sequence length {past_len + seq} exceeds max_seq_len {cfg.max_seq_len} "
+                    "of the learned position embeddings")
+            if attention_mask is not None:
+                # Left padding: number the real tokens from 0 so positions match unpadded inputs.
+                pos = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past_len:]
+            else:
+                pos = torch.arange(past_len, past_len + seq, device=x.device)[None]
+            x = x + self.wpe(pos)
+        if cfg.embedding_fraction < 1:
+            # Scale only the gradient reaching the embeddings (GLM-130B's stability trick).
+            x = x * cfg.embedding_fraction + x.detach() * (1 - cfg.embedding_fraction)
+        x = self.emb_drop(x)
+
+        device_type = x.device.type
+        compute_dtype = (torch.get_autocast_dtype(device_type)
+                         if torch.is_autocast_enabled(device_type) else x.dtype)
+        attn_bias = build_attn_bias(cfg, seq, past_len, attention_mask, sequence_id,
+                                    dtype=compute_dtype, device=x.device)
+
+        presents = [] if use_cache else None
+        hidden_states = [] if output_hidden_states else None
+        for i, block in enumerate(self.blocks):
+            if hidden_states is not None:
+                hidden_states.append(x)
+            layer_past = past_key_values[i] if past_key_values else None
+            x, present = block(x, attn_bias, layer_past, use_cache)
+            if presents is not None:
+                presents.append(present)
+        x = self.norm_f(x)
+        if hidden_states is not None:
+            hidden_states.append(x)
+        return BaseModelOutputWithPast(
+            last_hidden_state=x,
+            past_key_values=tuple(presents) if presents is not None else None,
+            hidden_states=tuple(hidden_states) if hidden_states is not None else None,
+        )
+
+
+class MPTForCausalLM(MPTPreTrainedModel, GenerationMixin):
+    def __init__(self, config: MPTConfig):
+        super().__init__(config)
+        # Build directly where the weights should live; 'meta' allocates nothing (FSDP materialises
+        # shards later and calls param_init_fn on them).
+        with torch.device(config.init_device):
+            self.transformer = MPTModel(config, post_init=False)
+            self.lm_head = (None if config.tie_word_embeddings
+                            else nn.Linear(config.d_model, config.vocab_size, bias=False))
+        scale = config.logit_scale
+        self.logit_scale = config.d_model ** -0.5 if scale == "inv_sqrt_d_model" else scale
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.transformer.wte
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.transformer.wte = value
+
+    def get_output_embeddings(self) -> Optional[nn.Linear]:
+        return self.lm_head  # None when tied: logits come straight from wte.weight
+
+    def set_output_embeddings(self, value: nn.Linear) -> None:
+        self.lm_head = value
+
+    def tie_weights(self) -> None:
+        pass  # tied by construction (no lm_head), nothing to re-tie
+
+    def forward(
+        self,
+        input_ids: Optional[torch.LongTensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        sequence_id: Optional[torch.LongTensor] = None,
+        labels: Optional[torch.LongTensor] = None,
+        past_key_values: Optional[tuple[KVCache, ...]] = None,
+        use_cache: Optional[bool] = None,
+        return_dict: Optional[bool] = True,
+        inputs_embeds: Optional[torch.Tensor] = None,
+        output_hidden_states: Optional[bool] = None,
+        output_attentions: Optional[bool] = None,
+    ) -> CausalLMOutputWithPast:
+        if output_attentions:
+            raise ValueError("output_attentions is not supported (attention runs in fused SDPA)")
+        out = self.transformer(
+            input_ids=input_ids, attention_mask=attention_mask, sequence_id=sequence_id,
+            past_key_values=past_key_values, use_cache=use_cache, inputs_embeds=inputs_embeds,
+            output_hidden_states=output_hidden_states,
+        )
+        h = out.last_hidden_state
+        weight = self.transformer.wte.weight if self.lm_head is None else self.lm_head.weight
+        logits = F.linear(h, weight)
+        if self.logit_scale is not None:
+            logits = logits * self.logit_scale
+        loss = causal_lm_loss(logits, labels) if labels is not None else None
+        result = CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=out.past_key_values,
+                                        hidden_states=out.hidden_states)
+        return result if return_dict is not False else result.to_tuple()
+
+    # ------------------------------------------------------------- generation
+    def prepare_inputs_for_generation(self, input_ids, past_key_values=None, attention_mask=None,
+                                      use_cache=None, **kwargs) -> dict:
+        # With a cache, only the tokens not yet seen go through the model; the attention mask
+        # still covers past + new tokens.
+        if past_key_values:
+            input_ids = input_ids[:, past_key_values[0][0].shape[2]:]
+        return {"input_ids": input_ids, "attention_mask": attention_mask,
+                "past_key_values": past_key_values, "use_cache": use_cache}
+
+    @staticmethod
+    def _reorder_cache(past_key_values, beam_idx):
+        return tuple(tuple(t.index_select(0, beam_idx.to(t.device)) for t in layer)
+                     for layer in past_key_values)
