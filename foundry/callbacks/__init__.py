@@ -1,0 +1,41 @@
+"""Callback registry: config `callbacks: {name: {key: value}}` -> Composer callbacks.
+
+The names are llm-foundry's, so its YAML `callbacks:` sections work unchanged.
+`CALLBACK_KEYS` maps each name to its valid keys and defaults (read off the class
+signature) for the config validator.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Callable, Mapping
+
+from composer.callbacks import LRMonitor, MemoryMonitor, OptimizerMonitor, RuntimeEstimator, SpeedMonitor
+from composer.core import Callback
+
+from foundry.optim.registry import check_kwargs, check_name, required_keys, signature_keys
+
+CALLBACKS: dict[str, Callable[..., Callback]] = {
+    'speed_monitor': SpeedMonitor,  # throughput/* over a window_size-batch window
+    'lr_monitor': LRMonitor,
+    'memory_monitor': MemoryMonitor,  # accelerator memory; logs nothing on CPU
+    'runtime_estimator': RuntimeEstimator,
+    'optimizer_monitor': OptimizerMonitor,  # grad/param norms every batch_log_interval batches
+}
+
+CALLBACK_KEYS: dict[str, dict[str, Any]] = {name: signature_keys(cls) for name, cls in CALLBACKS.items()}
+
+
+def build_callbacks(cfg: Mapping[str, Mapping[str, Any] | None] | None) -> list[Callback]:
+    """One callback per entry, in config order; an entry may be empty (`lr_monitor: {}` or `lr_monitor:`).
+
+    Raises ValueError for an unknown name or key, suggesting the nearest valid one.
+    """
+    callbacks = []
+    for name, kwargs in (cfg or {}).items():
+        check_name(name, CALLBACKS, 'callback')
+        # Deep copy so a callback holding on to a dict (memory_keys) never aliases the config.
+        kwargs = copy.deepcopy(dict(kwargs or {}))
+        check_kwargs(name, kwargs, CALLBACK_KEYS[name], required_keys(CALLBACKS[name]), 'callback')
+        callbacks.append(CALLBACKS[name](**kwargs))
+    return callbacks
