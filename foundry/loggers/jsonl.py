@@ -1,0 +1,142 @@
+"""A metrics file every run gets: one JSON object per logged step, appended and flushed.
+
+Line format (global rank 0 only):
+
+    {"batch": 3, "loss/train/total": 2.71, "time/batch": 3, ..., "lr-DecoupledLionW/group0": 0.0006}
+
+`batch` is Composer's logging step, `state.timestamp.batch` when the metric was
+logged: the number of batches finished so far. That makes it the 0-BASED index of
+the batch whose `loss/train/total` is on the line (Composer logs the train loss every
+batch, before it advances the timestamp). Metrics that callbacks log at BATCH_END of
+batch k (throughput/*, lr-* for the next batch, eval metrics/*) carry step k + 1 and
+land on the next line, exactly where wandb and tensorboard plot them. The last line
+of a fit (batch = number of batches trained) holds end-of-fit values and no train loss.
+
+All metrics logged with the same step are merged into one line, written when a
+metric with a different step arrives, at fit end and at close; each write is flushed,
+so a killed run loses only the step it was in the middle of. The file is opened in
+append mode, so a resumed run continues it; batches it replays appear twice, and
+`read_metrics` keeps the later line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import IO, Any, Optional
+
+from composer.core import State
+from composer.loggers import Logger, LoggerDestination
+from composer.utils import dist
+
+__all__ = ['JSONLinesLogger', 'read_metrics']
+
+
+class JSONLinesLogger(LoggerDestination):
+    """Append every logged metric to `path` as JSON lines, one line per step (see module doc)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        super().__init__()
+        self.path = os.fspath(path)
+        self._file: Optional[IO[str]] = None
+        self._step: Optional[int] = None
+        self._pending: dict[str, Any] = {}
+        # The last line written, so a step that comes back (e.g. trainer.eval() after fit)
+        # is rewritten complete rather than as a fragment that would hide the first line.
+        self._last_line: Optional[dict[str, Any]] = None
+
+    def init(self, state: State, logger: Logger) -> None:
+        del state, logger  # unused
+        self._open()
+
+    def log_metrics(self, metrics: dict[str, Any], step: Optional[int] = None) -> None:
+        if dist.get_global_rank() != 0:
+            return
+        if step is None:  # Composer always passes one; a direct caller may not
+            step = self._step if self._step is not None else 0
+        step = int(step)
+        if self._step is not None and step != self._step:
+            self._write_pending()
+        self._step = step
+        # Convert now: a tensor logged by reference could change before the line is written.
+        self._pending.update({k: _plain(v) for k, v in metrics.items()})
+
+    def fit_end(self, state: State, logger: Logger) -> None:
+        del state, logger  # unused
+        self._write_pending()
+
+    def close(self, state: State, logger: Logger) -> None:
+        del state, logger  # unused
+        self._write_pending()
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def _open(self) -> None:
+        if self._file is not None or dist.get_global_rank() != 0:
+            return
+        folder = os.path.dirname(self.path)
+        if folder:
+            os.makedirs(folder, exist_ok=True)
+        self._file = open(self.path, 'a', encoding='utf-8')
+        # A run killed mid-write can leave half a line; start ours on a fresh one so only
+        # that fragment is unreadable (read_metrics skips it), not our first line too.
+        if self._file.tell() > 0 and not _ends_with_newline(self.path):
+            self._file.write('\n')
+            self._file.flush()
+
+    def _write_pending(self) -> None:
+        if not self._pending or self._step is None:
+            return
+        self._open()
+        assert self._file is not None
+        line: dict[str, Any] = {'batch': self._step}
+        if self._last_line is not None and self._last_line['batch'] == self._step:
+            line.update(self._last_line)
+        line.update(self._pending)
+        self._file.write(json.dumps(line, default=_to_json) + '\n')
+        self._file.flush()
+        self._last_line = line
+        self._pending = {}
+
+
+def read_metrics(path: str | os.PathLike[str]) -> dict[int, dict[str, Any]]:
+    """Metrics by batch from a JSONLinesLogger file, sorted by batch.
+
+    When a batch appears on several lines (a resumed run replaying it), the later line
+    replaces the earlier one whole. Unparseable lines (the tail of a killed write) are
+    skipped. Each value dict has the metrics without the `batch` key.
+    """
+    out: dict[int, dict[str, Any]] = {}
+    with open(path, encoding='utf-8') as f:
+        for raw in f:
+            raw = raw.strip()
+            if not raw:
+                continue
+            try:
+                line = json.loads(raw)
+                batch = int(line.pop('batch'))
+            except (ValueError, KeyError, TypeError, AttributeError):
+                continue
+            out[batch] = line
+    return dict(sorted(out.items()))
+
+
+def _plain(value: Any) -> Any:
+    # Metrics arrive as Python floats, 0-d tensors or numpy scalars; json needs plain values.
+    if hasattr(value, 'detach'):  # torch.Tensor
+        return value.detach().cpu().tolist()
+    if hasattr(value, 'tolist'):  # numpy array or scalar
+        return value.tolist()
+    return value
+
+
+def _to_json(value: Any) -> Any:
+    # Anything still not JSON-serialisable is recorded as its repr rather than crashing the run.
+    return str(value)
+
+
+def _ends_with_newline(path: str) -> bool:
+    with open(path, 'rb') as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b'\n'
