@@ -51,13 +51,15 @@ class DecoupledLionW(Lion):
         if weight_decay < 0.0:
             raise ValueError(f'DecoupledLionW weight_decay must be >= 0, got {weight_decay}')
         # Lists come from YAML; keep the group value a tuple like torch's optimizers do.
+        # lion-pytorch's use_triton / decoupled_weight_decay stay off: step() below always
+        # calls the reference update_fn and does its own lr/initial_lr scaling.
         super().__init__(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
-        # lion-pytorch may swap in a triton kernel; we always use the reference update.
-        self.update_fn = update_fn
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         # Record each group's starting lr before any scheduler touches group['lr'].
-        param_group.setdefault('initial_lr', param_group.get('lr', self.defaults['lr']))
+        initial_lr = param_group.setdefault('initial_lr', param_group.get('lr', self.defaults['lr']))
+        if initial_lr <= 0.0:
+            raise ValueError(f'DecoupledLionW needs each group\'s initial lr > 0 (it divides weight decay), got {initial_lr}')
         super().add_param_group(param_group)
 
     @torch.no_grad()
