@@ -65,13 +65,17 @@ def convert(value: Any, tp: Any, path: str) -> Any:
             if type(None) in args:
                 return None
             raise ConfigError(f'`{path}` is null; expected {type_name(tp)}')
-        for arg in args:
-            if arg is type(None):
-                continue
+        candidates = [a for a in args if a is not type(None)]
+        errors = []
+        for arg in candidates:
             try:
                 return convert(value, arg, path)
-            except ConfigError:
-                continue
+            except ConfigError as e:
+                errors.append((arg, e))
+        # Optional[Section] with a bad key inside: the section's own message is the useful one.
+        nested = [e for a, e in errors if isinstance(value, Mapping) and dataclasses.is_dataclass(a)]
+        if len(candidates) == 1 or nested:
+            raise (nested or [errors[0][1]])[0]
         raise ConfigError(f'`{path}` is {value!r} ({type(value).__name__}); expected {type_name(tp)}')
     if dataclasses.is_dataclass(tp):
         return from_mapping(tp, value, path)
