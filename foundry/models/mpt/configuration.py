@@ -83,8 +83,8 @@ def _unknown_key_error(kind: str, key: str, valid: list[str]) -> ValueError:
     return ValueError(f"Unknown {kind} key {key!r}.{hint} Valid keys: {sorted(valid)}")
 
 
-def _not_yet(what: str) -> ValueError:
-    return ValueError(f"{what} is not supported yet in foundry.")
+def _not_yet(what: str, hint: str = "") -> ValueError:
+    return ValueError(f"{what} is not supported yet in foundry.{' ' + hint if hint else ''}")
 
 
 def _merge(kind: str, defaults: dict, given: Optional[dict], not_yet: tuple = ()) -> dict:
@@ -197,7 +197,7 @@ class MPTConfig(PretrainedConfig):
         if not 0.0 < self.embedding_fraction <= 1.0:
             raise ValueError(f"embedding_fraction must be in (0, 1], got {self.embedding_fraction}")
         if self.norm_type in _NORMS_NOT_YET:
-            raise _not_yet(f"norm_type {self.norm_type!r} (supported: {NORM_TYPES})")
+            raise _not_yet(f"norm_type {self.norm_type!r}", f"Supported: {NORM_TYPES}.")
         if self.norm_type not in NORM_TYPES:
             raise ValueError(f"norm_type must be one of {NORM_TYPES}, got {self.norm_type!r}")
         if not self.norm_eps > 0:
@@ -222,7 +222,7 @@ class MPTConfig(PretrainedConfig):
         if a["attn_type"] not in ATTN_TYPES:
             raise ValueError(f"attn_config.attn_type must be one of {ATTN_TYPES}, got {a['attn_type']!r}")
         if a["attn_impl"] in _ATTN_IMPLS_NOT_YET:
-            raise _not_yet(f"attn_config.attn_impl {a['attn_impl']!r}; use 'torch'")
+            raise _not_yet(f"attn_config.attn_impl {a['attn_impl']!r}", "Use attn_impl: 'torch' (PyTorch SDPA).")
         if a["attn_impl"] != "torch":
             raise ValueError(f"attn_config.attn_impl must be 'torch', got {a['attn_impl']!r}")
         if a["prefix_lm"]:

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
+from transformers import modeling_utils as hf_modeling_utils
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from .attention import KVCache, build_attn_bias
@@ -61,17 +62,30 @@ class MPTPreTrainedModel(PreTrainedModel):
         # transformers' hook: from_pretrained uses it for weights missing from a checkpoint.
         init_module_(module, self.config)
 
+    def _materialize_and_init(self) -> None:
+        """End of __init__: modules were built on meta; allocate on init_device and initialise.
+
+        Building on meta first means a CPU/GPU build draws each weight once (no throwaway default
+        init of nn.Linear), and gives the same weights as a meta build + to_empty + init_weights
+        under the same seed. Inside transformers' from_pretrained (its no_init_weights context) the
+        weights stay on meta: the checkpoint fills them.
+        """
+        if self.config.init_device != "meta" and getattr(hf_modeling_utils, "_init_weights", True):
+            self.to_empty(device=self.config.init_device)
+        self.post_init()
+
 
 class MPTModel(MPTPreTrainedModel):
     def __init__(self, config: MPTConfig, *, post_init: bool = True):
         super().__init__(config)
-        self.wte = nn.Embedding(config.vocab_size, config.d_model)
-        self.wpe = nn.Embedding(config.max_seq_len, config.d_model) if config.learned_pos_emb else None
-        self.emb_drop = nn.Dropout(config.emb_pdrop)
-        self.blocks = nn.ModuleList(MPTBlock(config) for _ in range(config.n_layers))
-        self.norm_f = build_norm(config.norm_type, config.d_model, config.norm_eps, config.no_bias)
-        if post_init:  # MPTForCausalLM initialises once for the whole model instead
-            self.post_init()
+        with torch.device("meta"):
+            self.wte = nn.Embedding(config.vocab_size, config.d_model)
+            self.wpe = nn.Embedding(config.max_seq_len, config.d_model) if config.learned_pos_emb else None
+            self.emb_drop = nn.Dropout(config.emb_pdrop)
+            self.blocks = nn.ModuleList(MPTBlock(config) for _ in range(config.n_layers))
+            self.norm_f = build_norm(config.norm_type, config.d_model, config.norm_eps, config.no_bias)
+        if post_init:  # MPTForCausalLM materialises and initialises the whole model once instead
+            self._materialize_and_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.wte
@@ -144,15 +158,15 @@ class MPTModel(MPTPreTrainedModel):
 class MPTForCausalLM(MPTPreTrainedModel, GenerationMixin):
     def __init__(self, config: MPTConfig):
         super().__init__(config)
-        # Build directly where the weights should live; 'meta' allocates nothing (FSDP materialises
-        # shards later and calls param_init_fn on them).
-        with torch.device(config.init_device):
+        # Built on meta, then allocated on init_device unless that is 'meta' (FSDP then
+        # materialises each shard and calls param_init_fn on it).
+        with torch.device("meta"):
             self.transformer = MPTModel(config, post_init=False)
             self.lm_head = (None if config.tie_word_embeddings
                             else nn.Linear(config.d_model, config.vocab_size, bias=False))
         scale = config.logit_scale
         self.logit_scale = config.d_model ** -0.5 if scale == "inv_sqrt_d_model" else scale
-        self.post_init()
+        self._materialize_and_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.transformer.wte
