@@ -70,7 +70,8 @@ def token_dtype_for(vocab_size: int) -> np.dtype:
                     'use a smaller tokenizer.')
 
 
-def resolve_eos_ids(tokenizer: PreTrainedTokenizerBase, eos_text: str | None) -> list[int]:
+def resolve_eos_ids(tokenizer: PreTrainedTokenizerBase, eos_text: str | None,
+                    bos_ids: list[int] | None = None) -> list[int]:
     """Token ids appended after each document, checking that boundaries stay detectable.
 
     Training finds document boundaries by looking for one token id (the eos id). An eos_text
@@ -86,7 +87,11 @@ def resolve_eos_ids(tokenizer: PreTrainedTokenizerBase, eos_text: str | None) ->
         eos_text = tokenizer.eos_token
     ids = _encode(tokenizer, eos_text)
     tokenizer_eos = tokenizer.eos_token_id
-    if not ids:
+    if not ids and bos_ids and len(bos_ids) == 1:
+        warnings.warn(f'eos_text is empty, so documents are marked only by their bos token '
+                      f'{bos_ids[0]}. Set train_loader.dataset.bos_token_id: {bos_ids[0]} so '
+                      'training finds document boundaries.')
+    elif not ids:
         warnings.warn('eos_text is empty: documents are concatenated with no separator, so '
                       'training cannot tell where one ends (sequence_id will be all zeros).')
     elif len(ids) == 1 and ids[0] != tokenizer_eos:
@@ -150,7 +155,7 @@ def convert_documents(documents: Iterable[str],
     docs = itertools.chain([first], docs)
 
     bos_ids = _encode(tokenizer, bos_text) if bos_text else []
-    eos_ids = resolve_eos_ids(tokenizer, eos_text)
+    eos_ids = resolve_eos_ids(tokenizer, eos_text, bos_ids)
     dtype = token_dtype_for(len(tokenizer))
     local_out = _check_local_out(out_root)
 
