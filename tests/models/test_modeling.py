@@ -237,6 +237,21 @@ def test_rmsnorm_formula():
     assert isinstance(model.transformer.norm_f, RMSNorm)
 
 
+@pytest.mark.parametrize("overrides", [{}, {"attn_config": {"qk_ln": True}}, {"norm_type": "rmsnorm"},
+                                       {"attn_config": {"attn_uses_sequence_id": True}}])
+def test_bf16_autocast_forward_backward(ids, overrides):
+    model = tiny_model(**overrides).train()
+    seq_id = torch.tensor([[0] * 8 + [1] * 8] * 2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(ids, labels=ids, sequence_id=seq_id)
+    assert out.logits.dtype == torch.bfloat16
+    out.loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    with torch.no_grad():
+        ref = model.eval()(ids, labels=ids, sequence_id=seq_id).loss
+    assert out.loss.item() == pytest.approx(ref.item(), rel=0.03)
+
+
 def test_logit_scale(ids):
     a = tiny_model()
     b = tiny_model(logit_scale="inv_sqrt_d_model")
@@ -320,3 +335,38 @@ def test_beam_search_runs():
     model = tiny_model()
     out = model.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=4, num_beams=3, do_sample=False, pad_token_id=0)
     assert out.shape == (1, 7)
+
+
+@pytest.mark.filterwarnings("ignore:DTensor random operators")
+def test_param_init_fn_on_fsdp2_sharded_meta_model():
+    """The composer FSDP2 path: shard a meta build, then materialise + init module by module."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import DTensor
+
+    if dist.is_initialized():
+        pytest.skip("a process group already exists")
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        mesh = init_device_mesh("cpu", (1,))
+        cfg = tiny_config(d_model=128, n_layers=4, init_device="meta",
+                          attn_config={"attn_type": "grouped_query_attention", "kv_n_heads": 2})
+        model = MPTForCausalLM(cfg)
+        for block in model.transformer.blocks:
+            fully_shard(block, mesh=mesh)
+        fully_shard(model, mesh=mesh)
+        torch.manual_seed(0)
+        for module in reversed(list(model.modules())):  # what composer's meta_init does
+            if any(p.is_meta for p in module.parameters(recurse=False)):
+                module.to_empty(device="cpu", recurse=False)
+                model.param_init_fn(module)
+        out_proj = model.transformer.blocks[0].attn.out_proj.weight
+        assert isinstance(out_proj, DTensor)
+        assert out_proj.full_tensor().std().item() == pytest.approx(math.sqrt(2 / 128) / math.sqrt(8), rel=0.05)
+        ids = torch.randint(0, VOCAB, (2, 16))
+        out = model(ids, labels=ids)
+        out.loss.backward()
+        assert torch.isfinite(out.loss)
+    finally:
+        dist.destroy_process_group()
