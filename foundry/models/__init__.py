@@ -6,6 +6,7 @@ and returns a ComposerModel.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable
 
 from .composer_model import ComposerMPTCausalLM
@@ -13,9 +14,23 @@ from .flops import count_parameters, flops_per_sequence, flops_per_token, matmul
 from .mpt import ATTN_CONFIG_DEFAULTS, INIT_CONFIG_DEFAULTS, MPTConfig, MPTForCausalLM
 
 
+# llm-foundry's `model.loss_fn` values. All compute the same cross-entropy; only the kernel differs.
+LOSS_FNS = ("torch_crossentropy", "fused_crossentropy", "chunked_crossentropy")
+
+
 def build_mpt_causal_lm(model_cfg: dict, tokenizer: Any = None) -> ComposerMPTCausalLM:
-    """An MPT causal LM from the YAML `model:` section (MPTConfig raises on unknown keys)."""
-    config = MPTConfig(**dict(model_cfg))
+    """An MPT causal LM from the YAML `model:` section (MPTConfig raises on unknown keys).
+
+    `loss_fn` is the one key that is not an MPTConfig argument (llm-foundry compatibility).
+    """
+    model_cfg = dict(model_cfg)
+    loss_fn = model_cfg.pop("loss_fn", "torch_crossentropy")
+    if loss_fn not in LOSS_FNS:
+        raise ValueError(f"model.loss_fn must be one of {LOSS_FNS}, got {loss_fn!r}")
+    if loss_fn != "torch_crossentropy":
+        warnings.warn(f"model.loss_fn {loss_fn!r}: its kernel is not available yet, using "
+                      "torch_crossentropy (the same loss)")
+    config = MPTConfig(**model_cfg)
     if tokenizer is not None and len(tokenizer) > config.vocab_size:
         raise ValueError(
             f"model.vocab_size ({config.vocab_size}) is smaller than the tokenizer's vocabulary "

@@ -95,6 +95,11 @@ def test_registry_builds_from_yaml_section():
     assert model.num_params() == count_parameters(tiny_config())
     with pytest.raises(ValueError, match="Did you mean 'n_layers'"):
         build_mpt_causal_lm({**section, "n_layer": 3})
+    assert isinstance(build_mpt_causal_lm({**section, "loss_fn": "torch_crossentropy"}), ComposerMPTCausalLM)
+    with pytest.warns(UserWarning, match="torch_crossentropy"):
+        build_mpt_causal_lm({**section, "loss_fn": "fused_crossentropy"})
+    with pytest.raises(ValueError, match="loss_fn"):
+        build_mpt_causal_lm({**section, "loss_fn": "mse"})
 
     class FakeTokenizer:
         def __len__(self):

@@ -8,6 +8,7 @@ native `MptForCausalLM`, and MPT-7B's own config.json loads here. Everything is 
 from __future__ import annotations
 
 import difflib
+import inspect
 import math
 import warnings
 from typing import Any, Optional, Union
@@ -163,18 +164,19 @@ class MPTConfig(PretrainedConfig):
         self.embedding_fraction = embedding_fraction
         self.norm_type = norm_type
         self.norm_eps = norm_eps
-        # Written for transformers' native MptForCausalLM, which reads this name.
-        self.layer_norm_epsilon = norm_eps
         self.use_cache = use_cache
         self.init_config = _merge("init_config", INIT_CONFIG_DEFAULTS, init_config)
         self.tokenizer_name = tokenizer_name
         self._validate()
         super().__init__(tie_word_embeddings=tie_word_embeddings, **kwargs)
 
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        out["layer_norm_epsilon"] = self.norm_eps  # the name transformers' MptForCausalLM reads
+        return out
+
     @classmethod
     def _top_level_keys(cls) -> list[str]:
-        import inspect
-
         params = inspect.signature(cls.__init__).parameters
         return [p for p in params if p not in ("self", "kwargs")]
 
