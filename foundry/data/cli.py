@@ -14,7 +14,7 @@ import os
 import posixpath
 import re
 import sys
-from typing import Callable, Iterable, NoReturn, Sequence
+from typing import Callable, Iterable, NoReturn
 
 from foundry.data.errors import DataError
 
