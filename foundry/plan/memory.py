@@ -1,0 +1,244 @@
+"""Per-GPU memory of one training step: model state, gathered FSDP units, activations.
+
+Precision assumptions (what Composer's FSDP2 path does with foundry's configs):
+
+- Parameters live in fp32 and are sharded over the shard group: the sharded fp32 parameters *are*
+  the master weights; there is no separate master copy. `mixed_precision` PURE/DEFAULT all-gather
+  a bf16 compute copy one FSDP unit at a time (FULL gathers fp32); PURE reduce-scatters gradients
+  in bf16, DEFAULT and FULL in fp32. Reduced gradient shards are stored in the parameter dtype,
+  fp32. So weights 4 B, gradients 4 B, optimizer 4 B x states, all per parameter / shard degree.
+- Optimizer states are fp32: LION keeps 1 (momentum), Adam/AdamW 2 (first and second moment).
+- Shard degree: FULL_SHARD / SHARD_GRAD_OP over all ranks; HYBRID_SHARD over
+  `data_parallel_shard_degree` (default: one node), replicated across groups; NO_SHARD or no
+  fsdp_config: 1 (a full replica per GPU; without FSDP autocast also caches a bf16 copy of every
+  weight for the step).
+
+Gathered units: every MPT block is one FSDP unit and the root (embeddings, final norm, untied head)
+is another. FSDP2 keeps the root gathered for the whole step and prefetches the next block, so we
+count root + 2 blocks in the compute dtype, plus the largest unit's unsharded gradient in the
+reduce dtype. SHARD_GRAD_OP (ZeRO-2) keeps every unit gathered from forward to backward.
+
+Activations, per micro-batch of b sequences of s tokens, width h, ffn width f, in bytes with
+a = 2 (bf16 autocast; 4 in fp32). Starting from Korthikanti et al. 2022 ("Reducing Activation
+Recomputation in Large Transformer Models"), sbh(34 + 5 a_heads s / h) bytes per layer in 16-bit,
+we drop what foundry does not store:
+
+- the 5 a_heads s^2 b term (attention scores, softmax, attention dropout): SDPA's fused kernels
+  keep only the output and a fp32 log-sum-exp (4 b a_heads s bytes);
+- the two 1-byte residual dropout masks (MPT-7B trains without dropout; counted when
+  resid_pdrop > 0).
+
+Stored per layer, in elements: block input (LN1 input) sbh, LN1 output sbh, Q, K, V 3sbh, attention
+output sbh, LN2 input sbh, LN2 output sbh, up_proj output sbf, GELU output sbf:
+    8 sbh + 2 sbf  ->  a(8 + 2f/h) sbh = 32 sbh bytes at f = 4h (Korthikanti's 34 less the masks)
+(+ sbh + s b kv_dim for q_ln/k_ln inputs; + 2 s b kv_dim under grouped-query attention, K and V
+before repetition). tests/plan measures what autograd saves for a small MPT on CPU and matches
+this within 2%. With activation checkpointing each block keeps only its
+input, a*sbh, and one block at a time is recomputed. Both cases add one layer's worth as backward
+workspace (activation gradients in flight). Around the blocks: the final norm's input and output
+(2a sbh), the logits at the start of backward, b s vocab x (a kept in the model outputs + 4 for the
+fp32 log-softmax cross-entropy saves + 8 for its fp32 gradient buffers), and the additive attention
+bias (ALiBi/causal) built once per forward: (b if attn_uses_sequence_id else 1) x (heads if ALiBi
+else 1) x s^2 x a.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+from foundry.config.schema import FSDPConfig, TrainConfig
+from foundry.plan.hardware import GPU, Assumptions
+from foundry.plan.model import ModelShape
+
+ZERO2_STRATEGIES = ('SHARD_GRAD_OP', '_HYBRID_SHARD_ZERO2')
+
+
+def optimizer_states(name: str) -> tuple[int, str]:
+    """fp32 state tensors per parameter for an optimizer name, and a note on where it came from."""
+    key = name.lower()
+    if 'lion' in key:
+        return 1, 'LION: 1 fp32 momentum'
+    if 'adam' in key:
+        return 2, 'Adam: 2 fp32 moments'
+    if key in ('sgd', 'decoupled_sgdw'):
+        return 1, 'SGD: 1 fp32 momentum'
+    return 2, f'{name}: unknown optimizer, assuming 2 fp32 states like Adam'
+
+
+@dataclass(frozen=True)
+class Parallelism:
+    """How the model state is spread: `shard` ranks hold one copy; `replicate` copies exist."""
+
+    strategy: str  # FULL_SHARD, HYBRID_SHARD, ..., or DDP when there is no fsdp_config
+    shard: int
+    replicate: int
+    fsdp: bool
+    zero2: bool
+    compute_bytes: int  # dtype of the gathered compute copy of the weights
+    reduce_bytes: int  # dtype of gradient reduction
+    act_bytes: int  # dtype of activations
+    precision_note: str
+
+
+def parallelism(cfg: TrainConfig, gpus: int, gpus_per_node: int) -> Parallelism:
+    from foundry.distributed.fsdp import mesh_shape
+
+    amp = cfg.precision != 'fp32'
+    act = 2 if amp else 4
+    fsdp: Optional[FSDPConfig] = cfg.fsdp_config
+    if fsdp is None:
+        note = ('no fsdp_config: DDP, a full fp32 replica per GPU' +
+                (f' with {cfg.precision} autocast (bf16 copies of the weights cached per step)' if amp else ''))
+        return Parallelism('DDP' if gpus > 1 else 'single GPU', 1, gpus, False, False,
+                           2 if amp else 4, 4, act, note)
+    shape = mesh_shape(fsdp, gpus, min(gpus_per_node, gpus))
+    mp = fsdp.mixed_precision if amp else 'FULL'
+    compute = 4 if mp == 'FULL' else 2
+    reduce = 2 if mp == 'PURE' else 4
+    zero2 = fsdp.sharding_strategy in ZERO2_STRATEGIES or not fsdp.reshard_after_forward
+    strategy = fsdp.sharding_strategy
+    if shape.is_hybrid and strategy not in ('HYBRID_SHARD', '_HYBRID_SHARD_ZERO2', 'NO_SHARD'):
+        strategy = f'{strategy} (hybrid mesh)'
+    note = (f'FSDP2 mixed_precision {mp}: fp32 sharded params (the master weights), '
+            f'{"bf16" if compute == 2 else "fp32"} all-gathered compute copy, '
+            f'{"bf16" if reduce == 2 else "fp32"} gradient reduce-scatter, fp32 gradient shards')
+    return Parallelism(strategy, shape.shard, shape.replicate, True, zero2, compute, reduce, act, note)
+
+
+@dataclass(frozen=True)
+class Activations:
+    blocks: float  # stored by the transformer blocks (all, or their inputs under checkpointing)
+    recompute: float  # one block's activations recomputed during backward (checkpointing only)
+    workspace: float  # backward working set, one layer's worth
+    head: float  # final norm + logits and cross-entropy buffers
+    attn_bias: float
+
+    @property
+    def total(self) -> float:
+        return self.blocks + self.recompute + self.workspace + self.head + self.attn_bias
+
+
+def layer_activation_bytes(m: ModelShape, b: int, act_bytes: int) -> float:
+    """Bytes one MPT block keeps for backward at micro-batch b (see the module docstring)."""
+    s, h = m.seq_len, m.d_model
+    sbh = s * b * h
+    elements = 8 * sbh + 2 * s * b * m.ffn_hidden_size
+    if m.qk_ln:
+        elements += sbh + s * b * m.kv_dim
+    if m.kv_n_heads != m.n_heads:
+        elements += 2 * s * b * m.kv_dim  # K and V before their heads are repeated for SDPA
+    nbytes = elements * act_bytes + 4 * b * m.n_heads * s  # + fp32 log-sum-exp of SDPA
+    if m.dropout:
+        nbytes += 2 * sbh  # two 1-byte residual dropout masks
+    return nbytes
+
+
+def activations(m: ModelShape, b: int, act_bytes: int, checkpointing: bool) -> Activations:
+    s = m.seq_len
+    sbh = s * b * m.d_model
+    layer = layer_activation_bytes(m, b, act_bytes)
+    if checkpointing:
+        blocks, recompute = m.n_layers * sbh * act_bytes, layer
+    else:
+        blocks, recompute = m.n_layers * layer, 0.0
+    logits_bytes = act_bytes + 4 + 8
+    head = 2 * sbh * act_bytes + b * s * m.vocab_size * logits_bytes
+    bias = (b if m.attn_uses_sequence_id else 1) * (m.n_heads if m.alibi else 1) * s * s * act_bytes
+    return Activations(blocks, recompute, layer, head, bias)
+
+
+@dataclass(frozen=True)
+class Memory:
+    micro_batch: int
+    checkpointing: bool
+    weights: float
+    gradients: float
+    optimizer: float
+    gathered: float  # temporary all-gathered units (+ unsharded gradient), or the autocast cache
+    activations: Activations
+    reserved: float
+    capacity: float
+    fit_fraction: float
+
+    @property
+    def model_state(self) -> float:
+        return self.weights + self.gradients + self.optimizer
+
+    @property
+    def total(self) -> float:
+        """Everything the job puts on the device, the non-allocator reserve included."""
+        return self.model_state + self.gathered + self.activations.total + self.reserved
+
+    @property
+    def usable(self) -> float:
+        return self.capacity - self.reserved
+
+    @property
+    def status(self) -> str:
+        used = self.total - self.reserved
+        if used <= self.fit_fraction * self.usable:
+            return 'fits'
+        return 'tight' if used <= self.usable else 'does not fit'
+
+    @property
+    def fits(self) -> bool:
+        return self.status == 'fits'
+
+    @property
+    def headroom(self) -> float:
+        return self.capacity - self.total
+
+
+def gathered_bytes(m: ModelShape, par: Parallelism) -> float:
+    if not par.fsdp:
+        # DDP under autocast: bf16 casts of every weight are cached for the step.
+        return m.parameters * 2 if par.compute_bytes == 2 else 0.0
+    block, root = m.block_parameters, m.root_parameters
+    if par.zero2:
+        params = m.parameters * par.compute_bytes
+    else:
+        params = (root + 2 * block) * par.compute_bytes
+    return params + max(block, root) * par.reduce_bytes
+
+
+def memory(m: ModelShape, par: Parallelism, gpu: GPU, optimizer_state_count: int, micro_batch: int,
+           checkpointing: bool, assumptions: Assumptions = Assumptions()) -> Memory:
+    p = m.parameters
+    shard = par.shard
+    return Memory(
+        micro_batch=micro_batch,
+        checkpointing=checkpointing,
+        weights=4 * p / shard,
+        gradients=4 * p / shard,
+        optimizer=4 * optimizer_state_count * p / shard,
+        gathered=gathered_bytes(m, par),
+        activations=activations(m, micro_batch, par.act_bytes, checkpointing),
+        reserved=assumptions.reserved_gib * 1024 ** 3,
+        capacity=gpu.memory_bytes,
+        fit_fraction=assumptions.fit_fraction,
+    )
+
+
+def largest_micro_batch(m: ModelShape, par: Parallelism, gpu: GPU, optimizer_state_count: int,
+                        checkpointing: bool, assumptions: Assumptions = Assumptions(),
+                        limit: int = 65536) -> int:
+    """The largest micro-batch whose estimate fits (0 if not even 1 does). Memory grows with b."""
+    def ok(b: int) -> bool:
+        return memory(m, par, gpu, optimizer_state_count, b, checkpointing, assumptions).fits
+
+    if not ok(1):
+        return 0
+    lo, hi = 1, 2
+    while hi <= limit and ok(hi):
+        lo, hi = hi, hi * 2
+    hi = min(hi, limit + 1)
+    while hi - lo > 1:  # ok(lo) and not ok(hi)
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if ok(mid) else (lo, mid)
+    return lo
+
+
+def largest_power_of_two_at_most(n: int) -> int:
+    return 0 if n < 1 else 2 ** int(math.floor(math.log2(n)))
