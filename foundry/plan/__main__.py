@@ -1,0 +1,5 @@
+import sys
+
+from foundry.plan.cli import main
+
+sys.exit(main())

@@ -1,0 +1,70 @@
+"""`foundry plan YAML [key=value ...] --gpus N --gpu KIND`: the command line of the planner."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional
+
+from foundry.plan.hardware import GPUS, Assumptions
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    d = Assumptions()
+    parser.add_argument('yaml', help='training YAML')
+    parser.add_argument('overrides', nargs='*', help='key=value overrides, as for training')
+    parser.add_argument('--gpus', type=int, required=True, help='total number of GPUs')
+    parser.add_argument('--gpu', required=True, choices=sorted(GPUS), type=str.lower, help='GPU kind')
+    parser.add_argument('--mfu', type=float, default=None,
+                        help="model-FLOPs utilisation, 0-1 (default: llm-foundry's published figure for the "
+                             f'nearest size and GPU, else {d.fallback_mfu})')
+    parser.add_argument('--gpus-per-node', type=int, default=8, help='GPUs per node (default 8)')
+    parser.add_argument('--micro-batch', type=int, default=None,
+                        help='micro-batch to estimate memory for (default: device_train_microbatch_size)')
+    parser.add_argument('--reserved-gib', type=float, default=d.reserved_gib,
+                        help=f'device memory outside the allocator per GPU (default {d.reserved_gib})')
+    parser.add_argument('--ckpt-node-gbps', type=float, default=d.ckpt_node_gbps,
+                        help=f'checkpoint write rate per node, GB/s (default {d.ckpt_node_gbps})')
+    parser.add_argument('--ckpt-storage-gbps', type=float, default=d.ckpt_storage_gbps,
+                        help=f'checkpoint storage cap, GB/s (default {d.ckpt_storage_gbps})')
+    parser.add_argument('--restart-s', type=float, default=d.restart_overhead_s,
+                        help=f'restart overhead after a failure, seconds (default {d.restart_overhead_s:g})')
+    parser.add_argument('--json', action='store_true', help='print the plan as JSON')
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from foundry.config.load import load_config
+    from foundry.plan.planner import plan
+    from foundry.plan.report import format_plan, plan_to_json
+
+    assumptions = Assumptions(reserved_gib=args.reserved_gib, ckpt_node_gbps=args.ckpt_node_gbps,
+                              ckpt_storage_gbps=args.ckpt_storage_gbps, restart_overhead_s=args.restart_s)
+    cfg = load_config(args.yaml, args.overrides)
+    result = plan(cfg, args.gpus, args.gpu, args.mfu, gpus_per_node=args.gpus_per_node,
+                  micro_batch=args.micro_batch, assumptions=assumptions)
+    print(plan_to_json(result) if args.json else format_plan(result, args.yaml))
+    return 0
+
+
+def add_plan_parser(subparsers) -> argparse.ArgumentParser:
+    """Add `plan` to a `foundry` subparsers object; the parser calls `args.func(args)`."""
+    parser = subparsers.add_parser(
+        'plan', help='memory, throughput, duration and checkpoint cost of a YAML on a cluster',
+        description='Estimate per-GPU memory, the largest micro-batch, tokens/s, time to max_duration '
+                    'and checkpoint/failure costs, without building the model.')
+    add_arguments(parser)
+    parser.set_defaults(func=cmd_plan)
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    from foundry.config.errors import ConfigError
+
+    parser = argparse.ArgumentParser(prog='foundry plan', description='Plan a training run.')
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return cmd_plan(args)
+    except ConfigError as e:
+        print(f'foundry: config error: {e}', file=sys.stderr)
+        return 2
