@@ -9,6 +9,24 @@ from typing import Optional
 from foundry.plan.hardware import GPUS, Assumptions
 
 
+class _IntermixedParser(argparse.ArgumentParser):
+    """Lets key=value overrides follow the options too (`--gpus 8 --gpu h100 optimizer.lr=1e-4`).
+
+    Plain argparse stops filling a positional list once an option has been seen.
+    """
+
+    _intermixing = False
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self._intermixing:  # parse_known_intermixed_args calls back into this method
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = Assumptions()
     parser.add_argument('yaml', help='training YAML')
@@ -52,6 +70,8 @@ def add_plan_parser(subparsers) -> argparse.ArgumentParser:
         'plan', help='memory, throughput, duration and checkpoint cost of a YAML on a cluster',
         description='Estimate per-GPU memory, the largest micro-batch, tokens/s, time to max_duration '
                     'and checkpoint/failure costs, without building the model.')
+    if type(parser) is argparse.ArgumentParser:
+        parser.__class__ = _IntermixedParser  # adds behaviour only, no state
     add_arguments(parser)
     parser.set_defaults(func=cmd_plan)
     return parser
@@ -60,7 +80,7 @@ def add_plan_parser(subparsers) -> argparse.ArgumentParser:
 def main(argv: Optional[list[str]] = None) -> int:
     from foundry.config.errors import ConfigError
 
-    parser = argparse.ArgumentParser(prog='foundry plan', description='Plan a training run.')
+    parser = _IntermixedParser(prog='foundry plan', description='Plan a training run.')
     add_arguments(parser)
     args = parser.parse_args(argv)
     try:

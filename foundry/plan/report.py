@@ -31,7 +31,7 @@ def _memory_rows(p: Plan) -> list[tuple[str, str, str]]:
     on, off = (p.memory, p.memory_other) if p.checkpointing_activations else (p.memory_other, p.memory)
     par = p.parallelism
     dt = {2: 'bf16', 4: 'fp32'}
-    shard = f'/{par.shard}' if par.shard > 1 else ', unsharded'
+    shard = f', 1/{par.shard} each' if par.shard > 1 else ', unsharded'
     if par.fsdp:
         units = ('every unit (ZeRO-2)' if par.zero2 else 'root + 2 blocks')
         gathered = f'all-gathered {units} {dt[par.compute_bytes]} + grad {dt[par.reduce_bytes]}'
@@ -68,7 +68,8 @@ def format_plan(p: Plan, source: str = '') -> str:
     add = out.append
     where = f'{source} on ' if source else ''
     add(f'foundry plan: {where}{p.gpus} x {g.label} ({p.nodes} node{"s" if p.nodes > 1 else ""} '
-        f'x {min(p.gpus_per_node, p.gpus)})')
+        f'x {min(p.gpus_per_node, p.gpus)}; per GPU: {g.memory_gib:g} GiB, {g.peak_bf16_tflops:g} bf16 TFLOP/s, '
+        f'NVLink {g.nvlink_gbps:g} GB/s, NIC {g.nic_gbps:g} GB/s)')
     add('')
     kv = f' ({m.kv_n_heads} kv)' if m.kv_n_heads != m.n_heads else ''
     add(f'  model        {_count(m.parameters)} parameters ({m.parameters:,}); d_model {m.d_model}, '
@@ -109,9 +110,9 @@ def format_plan(p: Plan, source: str = '') -> str:
         add(f'  duration     max_duration {p.duration.text}: unknown ({p.duration.why_unknown})')
     c = p.communication
     if c is not None:
-        add(f'  traffic      {c.bytes_per_micro_batch / GB:.1f} GB per GPU per micro-batch, {c.comm_s:.2f} s over '
-            f'{c.link} ({c.bandwidth_gbps:g} GB/s) vs {c.compute_s:.2f} s compute '
-            f'({"hidden if overlapped" if c.ratio <= 1 else "communication-bound"}, {c.ratio:.0%})')
+        add(f'  traffic      {c.bytes_per_micro_batch / GB:.1f} GB per GPU per micro-batch over {c.link}: '
+            f'{c.comm_s:.2f} s vs {c.compute_s:.2f} s of compute '
+            f'({c.ratio:.0%}, {"can be hidden by overlap" if c.ratio <= 1 else "communication-bound"})')
     add('')
     ck = p.checkpoint
     what = 'fp32 weights' + ('' if p.optimizer_state_count == 0 else f' + {p.optimizer_state_count} fp32 optimizer state'

@@ -131,8 +131,7 @@ class Communication:
     """FSDP (or DDP) traffic per GPU and how it compares with compute, per micro-batch."""
 
     bytes_per_micro_batch: float
-    bandwidth_gbps: float
-    link: str
+    link: str  # the links it crosses: NVLink, NIC, or both (HSDP: shards in a node, replicas across)
     comm_s: float
     compute_s: float
 
@@ -143,25 +142,30 @@ class Communication:
 
 def communication(m: ModelShape, par, gpu: GPU, gpus: int, gpus_per_node: int, micro_batch: int,
                   micro_batches_per_step: int, tokens_per_s_gpu: float) -> Optional[Communication]:
-    """Ring collective volume: FSDP all-gathers the compute copy twice (forward, backward) and
-    reduce-scatters gradients once per micro-batch, each moving (k-1)/k of the model per GPU over
-    k = shard ranks; HSDP adds an all-reduce of the gradient shards across replicas per step; DDP
-    all-reduces fp32 gradients (2 (n-1)/n of them) once per step. The slowest link a ring crosses
-    is the NIC once a group spans nodes, NVLink otherwise."""
+    """Ring collective volume per GPU. FSDP all-gathers the compute copy twice (forward, backward)
+    and reduce-scatters gradients once per micro-batch, each moving (k-1)/k of the model over the
+    k shard ranks; replicas (HSDP, DDP) all-reduce their fp32 gradient shard, 2 (r-1)/r of it, once
+    per step (spread here over its micro-batches). A ring runs at its slowest link: the NIC once the
+    group spans nodes, NVLink inside one. Times assume no overlap; below 100% of compute, FSDP's
+    prefetching can hide them."""
     p = m.parameters
-    per_micro = 0.0
-    spans_nodes = False
+    shard_bytes = replica_bytes = 0.0
     if par.fsdp and par.shard > 1:
         k = par.shard
-        per_micro += (k - 1) / k * p * (2 * par.compute_bytes + par.reduce_bytes)
-        spans_nodes = k > gpus_per_node
+        shard_bytes = (k - 1) / k * p * (2 * par.compute_bytes + par.reduce_bytes)
     if par.replicate > 1:
         r = par.replicate
-        grad_bytes = 4 * p / par.shard
-        per_micro += 2 * (r - 1) / r * grad_bytes / max(micro_batches_per_step, 1)
-        spans_nodes = spans_nodes or gpus > gpus_per_node
-    if per_micro == 0:
+        replica_bytes = 2 * (r - 1) / r * (4 * p / par.shard) / max(micro_batches_per_step, 1)
+    if shard_bytes + replica_bytes == 0:
         return None
-    bw, link = (gpu.nic_gbps, 'NIC') if spans_nodes else (gpu.nvlink_gbps, 'NVLink')
+    shard_link = 'NIC' if par.shard > gpus_per_node else 'NVLink'
+    # Replicas sit on different nodes unless the whole job fits on one node.
+    replica_link = 'NIC' if gpus > gpus_per_node else 'NVLink'
+    bw = {'NIC': gpu.nic_gbps * 1e9, 'NVLink': gpu.nvlink_gbps * 1e9}
+    comm_s = shard_bytes / bw[shard_link] + replica_bytes / bw[replica_link]
+    links = []
+    for used, link in ((shard_bytes, shard_link), (replica_bytes, replica_link)):
+        if used and link not in links:
+            links.append(link)
     compute_s = micro_batch * m.seq_len / tokens_per_s_gpu
-    return Communication(per_micro, bw, link, per_micro / (bw * 1e9), compute_s)
+    return Communication(shard_bytes + replica_bytes, ' + '.join(links), comm_s, compute_s)
