@@ -2,6 +2,7 @@
 
     foundry info YAML [key=value ...]           parameters, FLOPs per token, data mixture
     foundry export hf CHECKPOINT OUT_DIR        a Composer checkpoint as a Hugging Face folder
+    foundry plan YAML --gpus N --gpu KIND       memory, speed and duration on a cluster, before paying for it
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import sys
 from typing import Optional
 
 from foundry.config.errors import ConfigError
+from foundry.data.errors import DataError
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -93,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     hf.add_argument('--dtype', choices=['fp32', 'bf16', 'fp16'], default=None, help='cast floating weights')
     hf.add_argument('--meta', default=None, help='folder with the model config.json and tokenizer (default: the run\'s hf_meta)')
     hf.set_defaults(func=cmd_export_hf)
+    from foundry.plan import add_plan_parser
+
+    add_plan_parser(sub)
     return parser
 
 
@@ -101,8 +106,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except ConfigError as e:
-        print(f'foundry: config error: {e}', file=sys.stderr)
+    except (ConfigError, DataError) as e:
+        kind = 'config error' if isinstance(e, ConfigError) else 'data error'
+        print(f'foundry: {kind}: {e}', file=sys.stderr)
         return 2
 
 

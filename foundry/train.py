@@ -16,6 +16,7 @@ from typing import Any, Optional
 import torch
 
 from foundry.config.errors import ConfigError
+from foundry.data.errors import DataError
 from foundry.config.schema import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -195,7 +196,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         cfg = load_config(args[0], args[1:])
         train(cfg)
-    except ConfigError as e:
-        print(f'foundry: config error: {e}', file=sys.stderr)
+    except (ConfigError, DataError) as e:
+        kind = 'config error' if isinstance(e, ConfigError) else 'data error'
+        print(f'foundry: {kind}: {e}', file=sys.stderr)
         return 2
     return 0

@@ -54,7 +54,7 @@ def summarise(train_seconds: float) -> None:
     head, tail = losses[:10], losses[-10:]
     throughput = [m['throughput/tokens_per_sec'] for m in metrics.values() if 'throughput/tokens_per_sec' in m]
     checkpoint_dir = os.path.join(OUT, 'checkpoints', 'demo')
-    latest = os.path.join(checkpoint_dir, 'latest-rank0.pt.symlink')
+    latest = os.path.join(checkpoint_dir, 'latest-rank0.pt')
     hf_dir = os.path.join(OUT, 'hf')
     foundry_main(['export', 'hf', latest, hf_dir])
 

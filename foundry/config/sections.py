@@ -7,41 +7,48 @@ this module checks names and keys with the same nearest-match messages as the sc
 from __future__ import annotations
 
 import inspect
+import typing
 from typing import Any, Mapping
 
 from foundry.config.errors import ConfigError, join_path, unknown_key_error
 from foundry.config.schema import TrainConfig
-from foundry.config.validate import check_keys
+from foundry.config.validate import check_keys, convert
 
 # llm-foundry model keys that are not MPTConfig arguments but are accepted for compatibility.
 EXTRA_MODEL_KEYS: dict[str, Any] = {'loss_fn': 'torch_crossentropy'}
 LOSS_FNS = ('torch_crossentropy', 'fused_crossentropy', 'chunked_crossentropy')
 
 
-def model_key_defaults() -> dict[str, Any]:
-    """Valid `model.*` keys (besides `name`) with their defaults, read off MPTConfig's signature."""
+def model_key_types() -> dict[str, Any]:
+    """Valid `model.*` keys (besides `name`) with their annotated types, read off MPTConfig's signature."""
     from foundry.models.mpt.configuration import MPTConfig
 
     params = inspect.signature(MPTConfig.__init__).parameters
-    keys = {n: p.default for n, p in params.items()
+    hints = typing.get_type_hints(MPTConfig.__init__)
+    keys = {n: hints.get(n, Any) for n, p in params.items()
             if n != 'self' and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
-    keys.update(EXTRA_MODEL_KEYS)
+    keys.update({k: str for k in EXTRA_MODEL_KEYS})
     return keys
 
 
-def check_model(section: dict[str, Any]) -> dict[str, Any]:
+def check_model(section: dict[str, Any]) -> None:
     from foundry.models import MODELS
     from foundry.models.mpt.configuration import ATTN_CONFIG_DEFAULTS, INIT_CONFIG_DEFAULTS
 
-    name = _require_name(section, 'model', MODELS)
-    body = {k: v for k, v in section.items() if k != 'name'}
-    checked = check_keys(body, model_key_defaults(), 'model')
+    _require_name(section, 'model', MODELS)
+    types_by_key = model_key_types()
+    for key, value in section.items():
+        if key == 'name':
+            continue
+        if key not in types_by_key:
+            raise unknown_key_error('model', str(key), types_by_key)
+        convert(value, types_by_key[key], f'model.{key}')
     for sub, defaults in (('attn_config', ATTN_CONFIG_DEFAULTS), ('init_config', INIT_CONFIG_DEFAULTS)):
-        if body.get(sub) is not None:
-            check_keys(body[sub], defaults, f'model.{sub}')
-    if checked.get('loss_fn') not in LOSS_FNS:
-        raise ConfigError(f'`model.loss_fn` is {checked.get("loss_fn")!r}; expected one of {", ".join(LOSS_FNS)}')
-    return {'name': name, **body}
+        if section.get(sub) is not None:
+            check_keys(section[sub], defaults, f'model.{sub}')
+    loss_fn = section.get('loss_fn', EXTRA_MODEL_KEYS['loss_fn'])
+    if loss_fn not in LOSS_FNS:
+        raise ConfigError(f'`model.loss_fn` is {loss_fn!r}; expected one of {", ".join(LOSS_FNS)}')
 
 
 def check_named_section(section: Mapping[str, Any], path: str, key_table: Mapping[str, Mapping[str, Any]]) -> None:
