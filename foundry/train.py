@@ -89,7 +89,7 @@ def train(cfg: TrainConfig):
     from foundry.callbacks import build_callbacks
     from foundry.data.text_dataset import build_text_dataloader
     from foundry.data.tokenizer import build_tokenizer
-    from foundry.distributed.fsdp import build_fsdp2_config
+    from foundry.distributed.fsdp import build_fsdp2_config, describe_layout, local_shard_fingerprint
     from foundry.distributed.materialize import materialize_meta_model
     from foundry.export.hf import write_run_meta
     from foundry.loggers import build_loggers
@@ -138,6 +138,7 @@ def train(cfg: TrainConfig):
 
     parallelism = None
     if cfg.fsdp_config is not None and plan.world_size > 1:
+        # Composer builds the (replicate, shard) mesh from the config's degrees when it creates the State.
         parallelism = {'fsdp': build_fsdp2_config(cfg.fsdp_config, plan.world_size, plan.local_world_size,
                                                   'cuda' if plan.device == 'gpu' else 'cpu')}
 
@@ -175,7 +176,14 @@ def train(cfg: TrainConfig):
     )
     if plan.autoresume:
         log.info('autoresume is on: looking for the latest checkpoint in %s', cfg.save_folder)
+    if parallelism is not None:
+        # What FSDP2 actually did with the parameters (one line per rank), and after fit a fingerprint of each
+        # rank's local shards: HSDP replicas (same shard coordinate) must end with identical ones.
+        log.info('%s', describe_layout(trainer.state.model, trainer.state.device_mesh))
     trainer.fit()
+    if parallelism is not None:
+        log.info('rank %d: local parameter shards after fit: fingerprint %s', dist.get_global_rank(),
+                 local_shard_fingerprint(trainer.state.model))
     return trainer
 
 

@@ -11,11 +11,37 @@ we translate them here instead:
                             `data_parallel_shard_degree` ranks (default: one node), replicate across
 - _HYBRID_SHARD_ZERO2    -> the same mesh, ZeRO-2 style
 - NO_SHARD               -> 2-D mesh (world, 1): plain replication (DDP-like)
+
+Why a subclass of FSDP2Config rather than `FSDP2Config(device_mesh=...)`: Composer's `State`
+builds the job's device mesh itself, from `fsdp_config.data_parallel_replicate_degree` and
+`data_parallel_shard_degree`, and then *overwrites* `fsdp_config.device_mesh` with it
+(composer/core/state.py, `_create_device_mesh`). On FSDP2Config those two are read-only properties
+hardwired to None and -1, so whatever 2-D mesh we passed in was silently replaced by a 1-D mesh
+over all ranks: HYBRID_SHARD trained as FULL_SHARD, and every rank wrote checkpoint shards.
+`FoundryFSDP2Config` turns the two degrees back into fields, so Composer builds the 2-D mesh with
+its own dim names (`ParallelismType.DATA_PARALLEL_REPLICATE/SHARD`, i.e. 'data_parallel_replicate',
+'data_parallel_shard'). Those names are what composer/utils/checkpoint.py looks for to let only
+the first replica write a sharded checkpoint (and only its members download one from remote).
+
+On CPU (gloo) FSDP2 needs three more things from torch 2.7 (`enable_gloo_fsdp2`):
+- FSDP2 averages fp32/bf16 gradients with `reduce_scatter_tensor(op=ReduceOp.AVG)` over the shard
+  dim: gloo silently *sums* instead (pytorch/pytorch#162338), so every CPU FSDP2 gradient came out
+  multiplied by the shard degree (harmless for LION's sign update, wrong for gradient clipping
+  thresholds and Adam's epsilon);
+- HSDP then averages across the replicate dim with `all_reduce(op=ReduceOp.AVG)`, which gloo refuses
+  ("Cannot use ReduceOp.AVG with Gloo"; pytorch/pytorch#149781 added it after 2.7.0);
+- `torch.cpu.Stream.record_event()` returns None, and FSDP2's HSDP path asserts that the
+  all-reduce recorded an event.
+NCCL has none of these problems, so the fixes are installed for CPU runs only: FSDP2's collectives
+module gets a torch.distributed whose AVG on gloo is SUM then divide by the group size (every other
+call is torch.distributed's own), and CPU streams return an (always complete) `torch.cpu.Event`.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
+from typing import Optional
 
 from foundry.config.errors import ConfigError
 from foundry.config.schema import FSDPConfig
@@ -53,22 +79,101 @@ def mesh_shape(fsdp: FSDPConfig, world_size: int, local_world_size: int) -> Mesh
     return MeshShape(replicate=replicate, shard=shard)
 
 
-def build_fsdp2_config(fsdp: FSDPConfig, world_size: int, local_world_size: int, device_type: str):
-    """Composer's FSDP2Config for this job; creates the device mesh when sharding is hybrid.
-
-    Needs torch.distributed initialised when the mesh is 2-D (the mesh builds process groups).
-    """
+@functools.cache
+def _foundry_fsdp2_config_class():
+    # Defined on first use: importing Composer takes seconds, and `foundry plan` imports this module.
     from composer.utils.parallelism import FSDP2Config
-    from torch.distributed.device_mesh import init_device_mesh
 
+    @dataclass
+    class FoundryFSDP2Config(FSDP2Config):
+        """FSDP2Config whose mesh degrees Composer's State reads (see foundry.distributed.fsdp).
+
+        `data_parallel_replicate_degree=None` means no replicate dim (a 1-D mesh);
+        `data_parallel_shard_degree=-1` means "all remaining ranks". Leave `device_mesh` None:
+        Composer creates the mesh from the degrees when it builds the State.
+        """
+
+        data_parallel_shard_degree: int = -1
+        data_parallel_replicate_degree: Optional[int] = None
+
+    FoundryFSDP2Config.__module__ = __name__
+    FoundryFSDP2Config.__qualname__ = FoundryFSDP2Config.__name__
+    return FoundryFSDP2Config
+
+
+def __getattr__(name: str):
+    if name == 'FoundryFSDP2Config':
+        return _foundry_fsdp2_config_class()
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+
+
+class _GlooAveraging:
+    """torch.distributed as FSDP2's collectives module sees it, with ReduceOp.AVG done right on gloo."""
+
+    def __init__(self, dist):
+        self._dist = dist
+
+    def __getattr__(self, name):
+        return getattr(self._dist, name)
+
+    def _is_gloo_avg(self, op, group, async_op) -> bool:
+        return op == self._dist.ReduceOp.AVG and not async_op and 'gloo' in str(self._dist.get_backend(group))
+
+    def all_reduce(self, tensor, op=None, group=None, async_op=False):
+        dist = self._dist
+        op = dist.ReduceOp.SUM if op is None else op
+        if self._is_gloo_avg(op, group, async_op):
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=group)
+            tensor.div_(dist.get_world_size(group))
+            return None
+        return dist.all_reduce(tensor, op=op, group=group, async_op=async_op)
+
+    def reduce_scatter_tensor(self, output, input, op=None, group=None, async_op=False):
+        dist = self._dist
+        op = dist.ReduceOp.SUM if op is None else op
+        if self._is_gloo_avg(op, group, async_op):
+            dist.reduce_scatter_tensor(output, input, op=dist.ReduceOp.SUM, group=group)
+            output.div_(dist.get_world_size(group))
+            return None
+        return dist.reduce_scatter_tensor(output, input, op=op, group=group, async_op=async_op)
+
+
+def _cpu_stream_record_event(self, event=None):
+    import torch
+
+    event = torch.cpu.Event() if event is None else event
+    event.record(self)
+    return event
+
+
+def enable_gloo_fsdp2() -> None:
+    """Make FSDP2 (FULL_SHARD and HSDP) average gradients correctly on gloo; see the module docstring.
+
+    Idempotent; changes nothing for NCCL process groups or CUDA streams.
+    """
+    import torch
+    import torch.distributed as dist
+    from torch.distributed.fsdp._fully_shard import _fsdp_collectives
+
+    if not isinstance(_fsdp_collectives.dist, _GlooAveraging):
+        _fsdp_collectives.dist = _GlooAveraging(dist)
+    if torch.cpu.Stream().record_event() is None:
+        torch.cpu.Stream.record_event = _cpu_stream_record_event
+
+
+def build_fsdp2_config(fsdp: FSDPConfig, world_size: int, local_world_size: int, device_type: str = 'cuda'):
+    """Composer's FSDP2 config for this job, the mesh shape given as degrees for Composer to build.
+
+    On `device_type` 'cpu' (gloo) this also calls `enable_gloo_fsdp2`.
+    """
     shape = mesh_shape(fsdp, world_size, local_world_size)
-    device_mesh = None
+    degrees = {}
     if shape.is_hybrid or shape.shard == 1 and world_size > 1:
-        device_mesh = init_device_mesh(device_type, (shape.replicate, shape.shard),
-                                       mesh_dim_names=('dp_replicate', 'dp_shard'))
+        degrees = {'data_parallel_replicate_degree': shape.replicate, 'data_parallel_shard_degree': shape.shard}
+    if device_type == 'cpu':
+        enable_gloo_fsdp2()
     zero2 = fsdp.sharding_strategy in ('SHARD_GRAD_OP', '_HYBRID_SHARD_ZERO2')
-    return FSDP2Config(
-        device_mesh=device_mesh,
+    return _foundry_fsdp2_config_class()(
         reshard_after_forward=False if zero2 else fsdp.reshard_after_forward,
         activation_checkpointing=fsdp.activation_checkpointing,
         activation_cpu_offload=fsdp.activation_cpu_offload,
@@ -76,4 +181,50 @@ def build_fsdp2_config(fsdp: FSDPConfig, world_size: int, local_world_size: int,
         load_monolith_rank0_only=fsdp.load_monolith_rank0_only,
         mixed_precision=fsdp.mixed_precision,
         verbose=fsdp.verbose,
+        **degrees,
     )
+
+
+def describe_layout(model, device_mesh) -> str:
+    """One line: this rank's mesh coordinate and how the parameters are laid out over the mesh.
+
+    Reads the DTensor parameters themselves (placements, local vs global shape), so it reports
+    what FSDP2 actually did, not what was asked for.
+    """
+    from composer.utils import dist
+    from torch.distributed.tensor import DTensor
+
+    rank = dist.get_global_rank()
+    if device_mesh is None:
+        return f'rank {rank}: no device mesh (parameters not sharded)'
+    names = device_mesh.mesh_dim_names or tuple(f'dim{i}' for i in range(device_mesh.ndim))
+    dims = ' x '.join(f'{n}={s}' for n, s in zip(names, device_mesh.shape))
+    coord = device_mesh.get_coordinate()
+    params = [(n, p) for n, p in model.named_parameters()]
+    placements = sorted({str(tuple(p.placements)) for _, p in params if isinstance(p, DTensor)})
+    plain = [n for n, p in params if not isinstance(p, DTensor)]
+    name, first = params[0]
+    local = tuple(first.to_local().shape) if isinstance(first, DTensor) else tuple(first.shape)
+    text = (f'rank {rank}: FSDP2 mesh {dims} (ranks {device_mesh.mesh.tolist()}), coordinate {coord}; '
+            f'parameter placements {", ".join(placements) or "none"}; {name} local {list(local)} of '
+            f'{list(first.shape)}')
+    if plain:
+        text += f'; {len(plain)} parameter(s) not DTensors: {plain[:3]}'
+    return text
+
+
+def local_shard_fingerprint(model) -> str:
+    """A fingerprint of this rank's local parameter shards, computed on device (two float64 sums per
+    parameter; only a scalar leaves the device). Ranks holding bitwise-equal shards print the same
+    string: HSDP replicas of one shard after training, when the replicate-dim all-reduce worked.
+    """
+    import torch
+    from torch.distributed.tensor import DTensor
+
+    total = None
+    with torch.no_grad():
+        for i, (_, p) in enumerate(sorted(model.named_parameters(), key=lambda kv: kv[0])):
+            local = (p.to_local() if isinstance(p, DTensor) else p).double()
+            term = (i + 1) * local.sum() + (local * local).sum()
+            total = term if total is None else total + term
+    return 'empty' if total is None else f'{float(total):.17g}'
