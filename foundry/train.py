@@ -87,11 +87,11 @@ def train(cfg: TrainConfig):
     from composer.utils import dist, reproducibility
 
     from foundry.callbacks import build_callbacks
+    from foundry.checkpoint.resume import finish_start, prepare_checkpointing
     from foundry.data.text_dataset import build_text_dataloader
     from foundry.data.tokenizer import build_tokenizer
     from foundry.distributed.fsdp import build_fsdp2_config, describe_layout, local_shard_fingerprint
     from foundry.distributed.materialize import materialize_meta_model
-    from foundry.export.hf import write_run_meta
     from foundry.loggers import build_loggers
     from foundry.loggers.jsonl import JSONLinesLogger
     from foundry.models import MODELS
@@ -124,20 +124,20 @@ def train(cfg: TrainConfig):
         eval_loader = Evaluator(label='eval', dataloader=eval_spec, metric_names=list(model.get_metrics(is_train=False)))
 
     os.makedirs(plan.run_folder, exist_ok=True)
-    if cfg.save_folder and '://' not in cfg.save_folder and dist.get_global_rank() == 0:
-        from composer.utils import format_name_with_dist
-
-        # Checkpoints carry their own model config and tokenizer, so `foundry export hf` needs nothing else.
-        write_run_meta(format_name_with_dist(cfg.save_folder, plan.run_name), model.model.config, tokenizer)
+    # Where this run starts (its own newest whole checkpoint, load_path, HF weights, or batch 0), decided and
+    # logged here; and the model config + tokenizer written to {save_folder}/hf_meta (local or remote).
+    checkpointing = prepare_checkpointing(cfg, plan, model.model.config, tokenizer)
     loggers = build_loggers(cfg.loggers) + [JSONLinesLogger(os.path.join(plan.run_folder, 'metrics.jsonl'))]
-    callbacks = build_callbacks(cfg.callbacks)
+    callbacks = build_callbacks(cfg.callbacks) + checkpointing.callbacks
     algorithms = []
     if cfg.algorithms.gradient_clipping is not None:
         clip = cfg.algorithms.gradient_clipping
         algorithms.append(GradientClipping(clipping_type=clip.clipping_type, clipping_threshold=clip.clipping_threshold))
 
     parallelism = None
-    if cfg.fsdp_config is not None and plan.world_size > 1:
+    if cfg.fsdp_config is not None:
+        # Also on one process: checkpoints then have the configured layout whatever the world size, so a
+        # sharded checkpoint written by N processes resumes on 1 and the other way round.
         # Composer builds the (replicate, shard) mesh from the config's degrees when it creates the State.
         parallelism = {'fsdp': build_fsdp2_config(cfg.fsdp_config, plan.world_size, plan.local_world_size,
                                                   'cuda' if plan.device == 'gpu' else 'cpu')}
@@ -168,14 +168,11 @@ def train(cfg: TrainConfig):
         save_num_checkpoints_to_keep=cfg.save_num_checkpoints_to_keep,
         save_overwrite=cfg.save_overwrite,
         save_weights_only=cfg.save_weights_only,
-        load_path=cfg.load_path,
-        load_weights_only=cfg.load_weights_only,
-        autoresume=plan.autoresume,
+        **checkpointing.trainer_kwargs,  # load_path, load_weights_only, autoresume (decided above)
         dist_timeout=cfg.dist_timeout,
         python_log_level=cfg.python_log_level,
     )
-    if plan.autoresume:
-        log.info('autoresume is on: looking for the latest checkpoint in %s', cfg.save_folder)
+    finish_start(checkpointing, trainer)  # checks the resumed batch, restores RNG, loads HF weights
     if parallelism is not None:
         # What FSDP2 actually did with the parameters (one line per rank), and after fit a fingerprint of each
         # rank's local shards: HSDP replicas (same shard coordinate) must end with identical ones.

@@ -13,6 +13,7 @@ from typing import Any, Callable, Mapping
 from composer.callbacks import LRMonitor, MemoryMonitor, OptimizerMonitor, RuntimeEstimator, SpeedMonitor
 from composer.core import Callback
 
+from foundry.checkpoint.hf_checkpointer import HuggingFaceCheckpointer
 from foundry.optim.registry import check_kwargs, check_name, required_keys, signature_keys
 
 CALLBACKS: dict[str, Callable[..., Callback]] = {
@@ -21,6 +22,7 @@ CALLBACKS: dict[str, Callable[..., Callback]] = {
     'memory_monitor': MemoryMonitor,  # accelerator memory; logs nothing on CPU
     'runtime_estimator': RuntimeEstimator,
     'optimizer_monitor': OptimizerMonitor,  # grad/param norms every batch_log_interval batches
+    'hf_checkpointer': HuggingFaceCheckpointer,  # Hugging Face folders every save_interval (local or s3)
 }
 
 CALLBACK_KEYS: dict[str, dict[str, Any]] = {name: signature_keys(cls) for name, cls in CALLBACKS.items()}

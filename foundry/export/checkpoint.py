@@ -106,7 +106,8 @@ def _flatten(tree: dict, prefix: str = '') -> dict:
 
 def _full_model_state(path: str) -> dict[str, torch.Tensor]:
     try:
-        checkpoint = torch.load(path, map_location='cpu', weights_only=False)
+        # mmap: tensors are paged in as they are touched, so the optimizer state never fills memory.
+        checkpoint = torch.load(path, map_location='cpu', weights_only=False, mmap=True)
     except Exception as e:  # a truncated or foreign file
         raise CheckpointError(f'cannot read checkpoint {path}: {e}') from None
     model_state = checkpoint.get('state', {}).get('model') if isinstance(checkpoint, dict) else None

@@ -51,9 +51,16 @@ def export_hf(checkpoint: str, out_dir: str, dtype: Optional[str] = None, meta_d
 
     from foundry.models.mpt.configuration import MPTConfig
 
-    # Resolve first: `latest-rank0.pt.symlink` lives in the save folder, its target one level down.
-    meta_dir = meta_dir or find_run_meta(checkpoint)
+    # Resolve first (a remote checkpoint is downloaded with its run's hf_meta beside it); the
+    # checkpoint, file or folder, sits directly in the save folder that holds hf_meta.
     local = resolve_local_checkpoint(checkpoint)
+    if meta_dir is None:
+        try:
+            meta_dir = find_run_meta(local)
+        except CheckpointError:
+            if '://' in checkpoint:
+                raise
+            meta_dir = find_run_meta(checkpoint)  # e.g. a symlink into another folder
     config = MPTConfig.from_pretrained(meta_dir)
     target_dtype = DTYPES[dtype] if dtype else None
     os.makedirs(out_dir, exist_ok=True)
