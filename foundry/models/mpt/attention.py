@@ -1,14 +1,30 @@
 """Causal self-attention for MPT: ALiBi, grouped/multi-query heads, qk LayerNorm, qkv clipping.
 
-The mask is built once per forward by `build_attn_bias` (ALiBi + causal + padding + document
-boundaries, as one additive float tensor) and handed to every block, which calls torch's
-scaled_dot_product_attention with it.
+Three kernels, picked by `attn_config.attn_impl`; all compute softmax(QK^T * scale + alibi + mask) V
+with causal masking, and document masking when `attn_uses_sequence_id` is set:
+
+- `torch`: PyTorch's scaled_dot_product_attention (the CPU path). Without document masks or
+  padding, every batch shares one (1, heads, q, k) additive ALiBi + causal bias, built once per
+  (length, device, dtype) and cached on the model; SDPA broadcasts it over the batch, so no
+  (batch, heads, seq, seq) tensor exists. Without ALiBi it calls SDPA with is_causal and no mask.
+  Only document masking or left padding builds a per-batch mask.
+- `flex`: torch.nn.attention.flex_attention, ALiBi as a score_mod and causal + same-document +
+  padding as a BlockMask, so no bias tensor is ever materialised on GPU, where it runs compiled.
+  On CPU, torch 2.7's inductor cannot compile flex_attention (its generated C++ does not build,
+  and the backward has no CPU lowering), so there it runs eagerly, through flex's reference
+  implementation, which does materialise the scores: correct but not fast.
+- `flash`: flash-attn 2's kernel with its native ALiBi slopes (CUDA, fp16/bf16 only); document
+  masks go through its variable-length kernel. Needs the `flash-attn` package.
+
+`MPTModel` calls `prepare_attention` once per forward and hands the result to every block.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Optional
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +34,7 @@ from .configuration import MPTConfig
 from .norms import build_norm
 
 KVCache = tuple[torch.Tensor, torch.Tensor]  # (keys, values), each (batch, kv_heads, seq, head_dim)
+ATTN_IMPLS = ("torch", "flex", "flash")
 
 
 def alibi_slopes(n_heads: int, alibi_bias_max: float = 8, device=None) -> torch.Tensor:
@@ -36,6 +53,49 @@ def alibi_slopes(n_heads: int, alibi_bias_max: float = 8, device=None) -> torch.
     return slopes
 
 
+def needs_padding_mask(attention_mask: Optional[torch.Tensor]) -> bool:
+    """Whether `attention_mask` (1 = real token) must be applied as a key mask.
+
+    On CPU we look (no device to wait for). On an accelerator, looking would be a host-device
+    sync on every forward, so a mask that was passed is applied without looking.
+    """
+    if attention_mask is None:
+        return False
+    if attention_mask.device.type == "cpu":
+        return not bool(attention_mask.all())
+    return True
+
+
+def _shared_bias(config: MPTConfig, query_len: int, past_len: int, dtype, device) -> torch.Tensor:
+    """ALiBi + causal as one additive bias, (1, heads, q, k), or (1, 1, q, k) without ALiBi."""
+    key_len = past_len + query_len
+    q_pos = torch.arange(past_len, key_len, device=device)
+    k_pos = torch.arange(key_len, device=device)
+    distance = q_pos[:, None] - k_pos[None, :]  # (q, k); >= 0 where attention is allowed
+    if config.attn_config["alibi"]:
+        slopes = alibi_slopes(config.n_heads, config.attn_config["alibi_bias_max"], device=device)
+        bias = -slopes[:, None, None] * distance[None].to(torch.float32)  # (h, q, k)
+    else:
+        bias = torch.zeros((1, query_len, key_len), device=device)
+    bias = bias.masked_fill(distance < 0, torch.finfo(dtype).min).to(dtype)
+    return bias[None]
+
+
+def _allowed_pairs(config: MPTConfig, query_len: int, past_len: int,
+                   attention_mask: Optional[torch.Tensor], sequence_id: Optional[torch.Tensor]
+                   ) -> Optional[torch.Tensor]:
+    """Per-batch (batch, 1, q, k) boolean mask of the pairs padding/documents allow, or None."""
+    allowed = None
+    if needs_padding_mask(attention_mask):
+        allowed = attention_mask[:, None, None, :].bool()
+    if sequence_id is not None and config.attn_config["attn_uses_sequence_id"]:
+        if past_len:
+            raise ValueError("sequence_id masking is not supported together with a KV cache")
+        same_doc = (sequence_id[:, :, None] == sequence_id[:, None, :])[:, None]
+        allowed = same_doc if allowed is None else allowed & same_doc
+    return allowed
+
+
 def build_attn_bias(
     config: MPTConfig,
     query_len: int,
@@ -44,6 +104,7 @@ def build_attn_bias(
     sequence_id: Optional[torch.Tensor] = None,
     dtype: torch.dtype = torch.float32,
     device=None,
+    shared: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """The additive attention bias, shape (batch or 1, n_heads or 1, query_len, past_len + query_len).
 
@@ -54,28 +115,260 @@ def build_attn_bias(
     attention_mask: (batch, past_len + query_len), 1 = real token, 0 = padding (keys to ignore).
     sequence_id: (batch, query_len) document index of each token; tokens attend only within
       their own document. Only used when attn_uses_sequence_id is on.
+    shared: the batch-independent part (ALiBi + causal) if the caller has it cached.
+
+    The batch dimension is 1 unless padding or document masking needs a per-batch mask.
     """
-    key_len = past_len + query_len
-    q_pos = torch.arange(past_len, key_len, device=device)
-    k_pos = torch.arange(key_len, device=device)
-    distance = (q_pos[:, None] - k_pos[None, :])  # (q, k); >= 0 where attention is allowed
-    allowed = (distance >= 0)[None, None]  # (1, 1, q, k)
+    if shared is None:
+        shared = _shared_bias(config, query_len, past_len, dtype, device)
+    allowed = _allowed_pairs(config, query_len, past_len, attention_mask, sequence_id)
+    if allowed is None:
+        return shared
+    return shared.masked_fill(~allowed, torch.finfo(dtype).min)
 
-    if attention_mask is not None and not bool(attention_mask.all()):
-        allowed = allowed & attention_mask[:, None, None, :].bool()
-    if sequence_id is not None and config.attn_config["attn_uses_sequence_id"]:
-        if past_len:
-            raise ValueError("sequence_id masking is not supported together with a KV cache")
-        same_doc = sequence_id[:, :, None] == sequence_id[:, None, :]
-        allowed = allowed & same_doc[:, None]
 
-    if config.attn_config["alibi"]:
-        slopes = alibi_slopes(config.n_heads, config.attn_config["alibi_bias_max"], device=device)
-        bias = -slopes[:, None, None] * distance[None].to(torch.float32)  # (h, q, k)
-        bias = bias[None]
+@dataclass
+class AttentionInputs:
+    """Everything the blocks' attention needs for one forward, computed once by `prepare_attention`.
+
+    impl 'torch': `bias` is the additive mask for SDPA, or None with `is_causal` (no ALiBi, no masks).
+    impl 'flex':  `score_mod` (ALiBi, or None) and `block_mask`.
+    impl 'flash': `alibi_slopes` (fp32, or None), and `cu_seqlens` / `max_seqlen` when documents
+                  or padding split the rows into segments (variable-length kernel).
+    """
+
+    impl: str
+    query_len: int
+    past_len: int = 0
+    bias: Optional[torch.Tensor] = None
+    is_causal: bool = False
+    score_mod: Optional[Callable] = None
+    block_mask: Any = None
+    alibi_slopes: Optional[torch.Tensor] = None
+    cu_seqlens: Optional[torch.Tensor] = None
+    max_seqlen: int = 0
+
+
+class AttentionCache:
+    """Per-model cache of the batch-independent attention inputs (bias, slopes, block masks).
+
+    Keyed by (what, lengths, device, dtype); a few entries are kept (generation with a KV cache
+    walks through lengths). A plain attribute of MPTModel, not a buffer: it is not saved, not
+    sharded, and rebuilt on whatever device the model runs.
+    """
+
+    def __init__(self, max_entries: int = 16):
+        self.max_entries = max_entries
+        self._entries: OrderedDict = OrderedDict()
+
+    def get(self, key, build: Callable[[], Any]):
+        if key in self._entries:
+            self._entries.move_to_end(key)
+            return self._entries[key]
+        value = build()
+        self._entries[key] = value
+        if len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+        return value
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+def prepare_attention(
+    config: MPTConfig,
+    query_len: int,
+    past_len: int = 0,
+    attention_mask: Optional[torch.Tensor] = None,
+    sequence_id: Optional[torch.Tensor] = None,
+    dtype: torch.dtype = torch.float32,
+    device=None,
+    cache: Optional[AttentionCache] = None,
+) -> AttentionInputs:
+    """The attention inputs of one forward for `config.attn_config['attn_impl']`."""
+    cache = cache if cache is not None else AttentionCache()
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    impl = config.attn_config["attn_impl"]
+    doc_ids = sequence_id if config.attn_config["attn_uses_sequence_id"] else None
+    if impl == "torch":
+        return _prepare_torch(config, query_len, past_len, attention_mask, doc_ids, dtype, device, cache)
+    if impl == "flex":
+        return _prepare_flex(config, query_len, past_len, attention_mask, doc_ids, device, cache)
+    if impl == "flash":
+        return _prepare_flash(config, query_len, past_len, attention_mask, doc_ids, device, cache)
+    raise ValueError(f"attn_impl must be one of {ATTN_IMPLS}, got {impl!r}")
+
+
+# ----------------------------------------------------------------------------------- torch (SDPA)
+def _prepare_torch(config, query_len, past_len, attention_mask, doc_ids, dtype, device, cache):
+    per_batch = needs_padding_mask(attention_mask) or doc_ids is not None
+    if not config.attn_config["alibi"] and not per_batch:
+        # Pure causal: SDPA's is_causal needs no mask at all (aligned top-left, so only without
+        # a KV cache or for single-token steps, where every past key is visible anyway).
+        if past_len == 0:
+            return AttentionInputs("torch", query_len, past_len, is_causal=True)
+        if query_len == 1:
+            return AttentionInputs("torch", query_len, past_len)
+    shared = cache.get(("bias", query_len, past_len, device, dtype),
+                       lambda: _shared_bias(config, query_len, past_len, dtype, device))
+    if per_batch:
+        bias = build_attn_bias(config, query_len, past_len, attention_mask, doc_ids, dtype, device,
+                               shared=shared)
     else:
-        bias = torch.zeros((1, 1, query_len, key_len), device=device)
-    return torch.where(allowed, bias, torch.finfo(dtype).min).to(dtype)
+        bias = shared
+    return AttentionInputs("torch", query_len, past_len, bias=bias)
+
+
+def _sdpa(q, k, v, inputs: AttentionInputs, dropout_p: float, scale: float) -> torch.Tensor:
+    """q (b, h, q, d), k/v (b, kv_h, k, d) -> (b, h, q, d)."""
+    if k.shape[1] != q.shape[1]:
+        # Each group of n_heads / kv_n_heads query heads shares one kv head.
+        repeats = q.shape[1] // k.shape[1]
+        k = k.repeat_interleave(repeats, dim=1)
+        v = v.repeat_interleave(repeats, dim=1)
+    bias = inputs.bias
+    if bias is not None and bias.dtype != q.dtype:
+        bias = bias.to(q.dtype)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p,
+                                          is_causal=inputs.is_causal, scale=scale)
+
+
+# ----------------------------------------------------------------------------------- flex
+_COMPILED_FLEX = None
+
+
+def _flex_kernel(device: torch.device):
+    """flex_attention, compiled on accelerators; eager on CPU (see the module docstring)."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    global _COMPILED_FLEX
+    if device.type == "cpu":
+        return flex_attention
+    if _COMPILED_FLEX is None:
+        _COMPILED_FLEX = torch.compile(flex_attention, dynamic=False)
+    return _COMPILED_FLEX
+
+
+def _alibi_score_mod(slopes: torch.Tensor, past_len: int):
+    def score_mod(score, b, h, q_idx, kv_idx):
+        return score - slopes[h] * (q_idx + past_len - kv_idx)
+    return score_mod
+
+
+def _prepare_flex(config, query_len, past_len, attention_mask, doc_ids, device, cache):
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    key_len = past_len + query_len
+    score_mod = None
+    if config.attn_config["alibi"]:
+        score_mod = cache.get(("flex_score_mod", past_len, device), lambda: _alibi_score_mod(
+            alibi_slopes(config.n_heads, config.attn_config["alibi_bias_max"], device=device), past_len))
+    pad = attention_mask.bool() if needs_padding_mask(attention_mask) else None
+    if doc_ids is not None and past_len:
+        raise ValueError("sequence_id masking is not supported together with a KV cache")
+    compile_mask = device.type != "cpu"
+
+    def causal(b, h, q_idx, kv_idx):
+        return q_idx + past_len >= kv_idx
+
+    if pad is None and doc_ids is None:
+        block_mask = cache.get(("flex_block_mask", query_len, past_len, device), lambda: create_block_mask(
+            causal, None, None, query_len, key_len, device=device, _compile=compile_mask))
+    else:
+        def masked(b, h, q_idx, kv_idx):
+            allowed = causal(b, h, q_idx, kv_idx)
+            if doc_ids is not None:
+                allowed = allowed & (doc_ids[b, q_idx] == doc_ids[b, kv_idx])
+            if pad is not None:
+                allowed = allowed & pad[b, kv_idx]
+            return allowed
+        batch = (doc_ids if doc_ids is not None else pad).shape[0]
+        block_mask = create_block_mask(masked, batch, None, query_len, key_len, device=device,
+                                       _compile=compile_mask)
+    return AttentionInputs("flex", query_len, past_len, score_mod=score_mod, block_mask=block_mask)
+
+
+def _flex(q, k, v, inputs: AttentionInputs, scale: float) -> torch.Tensor:
+    kernel = _flex_kernel(q.device)
+    return kernel(q, k, v, score_mod=inputs.score_mod, block_mask=inputs.block_mask, scale=scale,
+                  enable_gqa=k.shape[1] != q.shape[1])
+
+
+# ----------------------------------------------------------------------------------- flash
+FLASH_MISSING = ("attn_config.attn_impl 'flash' needs the flash-attn package (flash-attn >= 2.4 for "
+                 "ALiBi; `pip install flash-attn --no-build-isolation` on a CUDA machine), which is "
+                 "not installed. Use attn_impl 'flex' (GPU) or 'torch' instead.")
+
+
+def flash_attn_module():
+    """The flash_attn package, or a ValueError that says how to get it."""
+    try:
+        import flash_attn
+    except ImportError as err:
+        raise ValueError(FLASH_MISSING) from err
+    return flash_attn
+
+
+def segment_boundaries(segment_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """cu_seqlens (int32) and segment lengths for flash-attn's variable-length kernel.
+
+    segment_ids: (batch, seq); a new segment starts at every row start and wherever the id
+    changes along a row (document ids are non-decreasing within a row; padding runs are their own
+    segments). The flattened tokens of segment s are cu_seqlens[s]:cu_seqlens[s + 1].
+    """
+    batch, seq = segment_ids.shape
+    starts = torch.ones_like(segment_ids, dtype=torch.bool)
+    starts[:, 1:] = segment_ids[:, 1:] != segment_ids[:, :-1]
+    start_idx = starts.flatten().nonzero().flatten()
+    total = torch.tensor([batch * seq], device=segment_ids.device)
+    cu_seqlens = torch.cat([start_idx, total]).to(torch.int32)
+    return cu_seqlens, cu_seqlens.diff()
+
+
+def _prepare_flash(config, query_len, past_len, attention_mask, doc_ids, device, cache):
+    flash_attn_module()
+    if doc_ids is not None and past_len:
+        raise ValueError("sequence_id masking is not supported together with a KV cache")
+    slopes = None
+    if config.attn_config["alibi"]:
+        slopes = cache.get(("flash_slopes", device), lambda: alibi_slopes(
+            config.n_heads, config.attn_config["alibi_bias_max"], device=device))
+    segments = None
+    if doc_ids is not None:
+        segments = doc_ids
+    if needs_padding_mask(attention_mask):
+        if past_len:
+            raise ValueError("attn_impl 'flash' does not support a padding mask together with a KV cache")
+        pad_runs = (attention_mask[:, past_len:] == 0).long()
+        # Left/right padding makes its own segment(s); within real tokens documents stay apart.
+        segments = pad_runs if segments is None else segments * 2 + pad_runs
+    if segments is None:
+        return AttentionInputs("flash", query_len, past_len, alibi_slopes=slopes)
+    cu_seqlens, lengths = segment_boundaries(segments)
+    # The variable-length kernel needs the longest segment as a Python int: one host sync per
+    # forward, only when documents or padding split the rows.
+    return AttentionInputs("flash", query_len, past_len, alibi_slopes=slopes, cu_seqlens=cu_seqlens,
+                           max_seqlen=int(lengths.max()))
+
+
+def _flash(q, k, v, inputs: AttentionInputs, dropout_p: float, scale: float) -> torch.Tensor:
+    """q (b, q, h, d), k/v (b, k, kv_h, d) -> (b, q, h, d)."""
+    fa = flash_attn_module()
+    if q.device.type != "cuda" or q.dtype not in (torch.float16, torch.bfloat16):
+        raise ValueError(f"attn_impl 'flash' runs on CUDA in fp16/bf16, got {q.device.type} {q.dtype}; "
+                         "use precision amp_bf16 on a GPU, or attn_impl 'torch'")
+    if inputs.cu_seqlens is None:
+        return fa.flash_attn_func(q, k, v, dropout_p=dropout_p, softmax_scale=scale, causal=True,
+                                  alibi_slopes=inputs.alibi_slopes)
+    b, s = q.shape[:2]
+    out = fa.flash_attn_varlen_func(
+        q.reshape(b * s, *q.shape[2:]), k.reshape(b * s, *k.shape[2:]), v.reshape(b * s, *v.shape[2:]),
+        inputs.cu_seqlens, inputs.cu_seqlens, inputs.max_seqlen, inputs.max_seqlen,
+        dropout_p=dropout_p, softmax_scale=scale, causal=True, alibi_slopes=inputs.alibi_slopes)
+    return out.view(b, s, *out.shape[1:])
 
 
 class MPTAttention(nn.Module):
@@ -88,6 +381,9 @@ class MPTAttention(nn.Module):
     def __init__(self, config: MPTConfig):
         super().__init__()
         a = config.attn_config
+        self.attn_impl = a["attn_impl"]
+        if self.attn_impl == "flash":
+            flash_attn_module()
         self.n_heads = config.n_heads
         self.kv_n_heads = a["kv_n_heads"]
         self.head_dim = config.head_dim
@@ -110,7 +406,7 @@ class MPTAttention(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        attn_bias: torch.Tensor,
+        attn: AttentionInputs,
         layer_past: Optional[KVCache] = None,
         use_cache: bool = False,
     ) -> tuple[torch.Tensor, Optional[KVCache]]:
@@ -124,25 +420,29 @@ class MPTAttention(nn.Module):
             q = self.q_ln(q).to(v.dtype)
             k = self.k_ln(k).to(v.dtype)
 
-        q = q.view(batch, seq, self.n_heads, self.head_dim).transpose(1, 2)
-        k = k.view(batch, seq, self.kv_n_heads, self.head_dim).transpose(1, 2)
-        v = v.view(batch, seq, self.kv_n_heads, self.head_dim).transpose(1, 2)
+        q = q.view(batch, seq, self.n_heads, self.head_dim)
+        k = k.view(batch, seq, self.kv_n_heads, self.head_dim)
+        v = v.view(batch, seq, self.kv_n_heads, self.head_dim)
+        dropout_p = self.attn_pdrop if self.training else 0.0
+
+        if attn.impl == "flash" and layer_past is None and not use_cache:
+            out = _flash(q, k, v, attn, dropout_p, self.softmax_scale)  # (b, s, h, d) layout
+            return self.out_proj(out.reshape(batch, seq, self.d_model)), None
+
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if layer_past is not None:
             k = torch.cat([layer_past[0], k], dim=2)
             v = torch.cat([layer_past[1], v], dim=2)
         present = (k, v) if use_cache else None
 
-        if self.kv_n_heads != self.n_heads:
-            # Each group of n_heads / kv_n_heads query heads shares one kv head.
-            repeats = self.n_heads // self.kv_n_heads
-            k = k.repeat_interleave(repeats, dim=1)
-            v = v.repeat_interleave(repeats, dim=1)
-
-        out = F.scaled_dot_product_attention(
-            q, k, v,
-            attn_mask=attn_bias.to(q.dtype),
-            dropout_p=self.attn_pdrop if self.training else 0.0,
-            scale=self.softmax_scale,
-        )
+        if attn.impl == "flash":  # with a KV cache: flash-attn's (b, s, h, d) layout again
+            out = _flash(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn, dropout_p,
+                         self.softmax_scale).transpose(1, 2)
+        elif attn.impl == "flex":
+            if dropout_p:
+                raise ValueError("attn_impl 'flex' has no attention dropout; set attn_pdrop: 0")
+            out = _flex(q, k, v, attn, self.softmax_scale)
+        else:
+            out = _sdpa(q, k, v, attn, dropout_p, self.softmax_scale)
         out = out.transpose(1, 2).reshape(batch, seq, self.d_model)
         return self.out_proj(out), present

@@ -11,7 +11,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .attention import KVCache, MPTAttention
+from .attention import AttentionInputs, KVCache, MPTAttention
 from .configuration import MPTConfig
 from .norms import build_norm
 
@@ -45,11 +45,11 @@ class MPTBlock(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        attn_bias: torch.Tensor,
+        attn_inputs: AttentionInputs,
         layer_past: Optional[KVCache] = None,
         use_cache: bool = False,
     ) -> tuple[torch.Tensor, Optional[KVCache]]:
-        attn_out, present = self.attn(self.norm_1(x), attn_bias, layer_past, use_cache)
+        attn_out, present = self.attn(self.norm_1(x), attn_inputs, layer_past, use_cache)
         x = x + self.resid_attn_dropout(attn_out)
         x = x + self.resid_ffn_dropout(self.ffn(self.norm_2(x)))
         return x, present

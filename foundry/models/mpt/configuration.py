@@ -21,7 +21,7 @@ from transformers import PretrainedConfig
 ATTN_CONFIG_DEFAULTS: dict[str, Any] = {
     "attn_type": "multihead_attention",  # | 'multiquery_attention' | 'grouped_query_attention'
     "attn_pdrop": 0.0,
-    "attn_impl": "torch",  # only torch SDPA for now; fused kernels come later
+    "attn_impl": "torch",  # 'torch' (SDPA) | 'flex' (flex_attention) | 'flash' (flash-attn package)
     "qk_ln": False,  # LayerNorm on queries and keys (training stability at high lr)
     "clip_qkv": None,  # None = no clipping, else clamp the fused qkv to [-clip_qkv, clip_qkv]
     "softmax_scale": None,  # None = 1/sqrt(head_dim)
@@ -65,7 +65,8 @@ _ATTN_KEYS_NOT_YET = (
 _TOP_KEYS_NOT_YET = ("ffn_config", "fc_type", "block_overrides", "use_pad_tok_in_ffn",
                      "final_logit_softcapping")
 _NORMS_NOT_YET = ("low_precision_rmsnorm", "triton_rmsnorm")
-_ATTN_IMPLS_NOT_YET = ("flash", "triton", "flex")
+ATTN_IMPLS = ("torch", "flex", "flash")
+_ATTN_IMPLS_NOT_YET = ("triton",)
 
 # Top-level keys that transformers itself writes into config.json (architectures, torch_dtype,
 # generation defaults, ...) plus legacy keys of MPT-7B / transformers' MptConfig. They are
@@ -132,6 +133,7 @@ class MPTConfig(PretrainedConfig):
         init_config: Optional[dict] = None,
         tokenizer_name: Optional[str] = "EleutherAI/gpt-neox-20b",
         tie_word_embeddings: bool = True,
+        ac_every_n_blocks: int = 0,
         **kwargs: Any,
     ):
         for key in kwargs:
@@ -167,6 +169,9 @@ class MPTConfig(PretrainedConfig):
         self.use_cache = use_cache
         self.init_config = _merge("init_config", INIT_CONFIG_DEFAULTS, init_config)
         self.tokenizer_name = tokenizer_name
+        # Selective activation checkpointing: in training, recompute blocks 0, N, 2N, ... in
+        # backward instead of keeping their activations (0 = off; 1 = every block).
+        self.ac_every_n_blocks = ac_every_n_blocks
         self._validate()
         super().__init__(tie_word_embeddings=tie_word_embeddings, **kwargs)
 
@@ -210,6 +215,9 @@ class MPTConfig(PretrainedConfig):
                     f"logit_scale must be a number, None or 'inv_sqrt_d_model', got {self.logit_scale!r}")
         elif self.logit_scale is not None and not self.logit_scale:
             raise ValueError("logit_scale must not be 0 (use None for no scaling)")
+        n = self.ac_every_n_blocks
+        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+            raise ValueError(f"model.ac_every_n_blocks must be an integer >= 0 (0 = off), got {n!r}")
         if self.init_device == "mixed":
             raise _not_yet("init_device 'mixed'")
         try:
@@ -224,9 +232,13 @@ class MPTConfig(PretrainedConfig):
         if a["attn_type"] not in ATTN_TYPES:
             raise ValueError(f"attn_config.attn_type must be one of {ATTN_TYPES}, got {a['attn_type']!r}")
         if a["attn_impl"] in _ATTN_IMPLS_NOT_YET:
-            raise _not_yet(f"attn_config.attn_impl {a['attn_impl']!r}", "Use attn_impl: 'torch' (PyTorch SDPA).")
-        if a["attn_impl"] != "torch":
-            raise ValueError(f"attn_config.attn_impl must be 'torch', got {a['attn_impl']!r}")
+            raise _not_yet(f"attn_config.attn_impl {a['attn_impl']!r}",
+                           f"Use one of {ATTN_IMPLS} ('torch' is PyTorch SDPA).")
+        if a["attn_impl"] not in ATTN_IMPLS:
+            raise ValueError(f"attn_config.attn_impl must be one of {ATTN_IMPLS}, got {a['attn_impl']!r}")
+        if a["attn_impl"] == "flex" and a["attn_pdrop"]:
+            raise ValueError("attn_config.attn_impl 'flex' has no attention dropout; set attn_pdrop: 0 "
+                             "or use attn_impl 'torch'")
         if a["prefix_lm"]:
             raise _not_yet("attn_config.prefix_lm")
         _check_prob("attn_config.attn_pdrop", a["attn_pdrop"])

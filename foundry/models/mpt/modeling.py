@@ -7,8 +7,12 @@ two modules, so sharding (FSDP) needs no special care for the tie.
 
 Hooks for the parallelism layer, which this file otherwise knows nothing about:
   fsdp_wrap_fn(module)                 -> True for each MPTBlock (one FSDP unit per block)
-  activation_checkpointing_fn(module)  -> True for each MPTBlock
+  activation_checkpointing_fn(module)  -> True for each MPTBlock, unless the model checkpoints
+                                          blocks itself (`ac_every_n_blocks`, see MPTModel)
   param_init_fn(module)                -> initialise that module's own parameters (see init.py)
+
+Attention inputs (ALiBi bias, masks) are prepared once per forward by `prepare_attention`, with the
+batch-independent parts cached on the model, and passed to every block.
 """
 
 from __future__ import annotations
@@ -18,15 +22,16 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from transformers import GenerationMixin, PreTrainedModel
 from transformers import modeling_utils as hf_modeling_utils
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
-from .attention import KVCache, build_attn_bias
+from .attention import AttentionCache, KVCache, prepare_attention
 from .blocks import MPTBlock
 from .configuration import MPTConfig
 from .init import init_module_
-from .loss import causal_lm_loss
+from .loss import causal_lm_loss, chunked_causal_lm_loss
 from .norms import build_norm
 
 
@@ -42,7 +47,9 @@ class MPTPreTrainedModel(PreTrainedModel):
         return isinstance(module, MPTBlock)
 
     def activation_checkpointing_fn(self, module: nn.Module) -> bool:
-        return isinstance(module, MPTBlock)
+        # With ac_every_n_blocks the model checkpoints its own blocks in forward; wrapping them
+        # again (fsdp_config.activation_checkpointing) would recompute twice.
+        return isinstance(module, MPTBlock) and not self.config.ac_every_n_blocks
 
     def param_init_fn(self, module: nn.Module) -> None:
         """Initialise only `module`'s direct parameters (composer's meta init calls this per module)."""
@@ -84,6 +91,7 @@ class MPTModel(MPTPreTrainedModel):
             self.emb_drop = nn.Dropout(config.emb_pdrop)
             self.blocks = nn.ModuleList(MPTBlock(config) for _ in range(config.n_layers))
             self.norm_f = build_norm(config.norm_type, config.d_model, config.norm_eps, config.no_bias)
+        self._attn_cache = AttentionCache()
         if post_init:  # MPTForCausalLM materialises and initialises the whole model once instead
             self._materialize_and_init()
 
@@ -92,6 +100,11 @@ class MPTModel(MPTPreTrainedModel):
 
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.wte = value
+
+    def checkpointed_blocks(self) -> int:
+        """How many blocks forward() recomputes in backward (ac_every_n_blocks; 0 = none)."""
+        n = self.config.ac_every_n_blocks
+        return len(range(0, self.config.n_layers, n)) if n else 0
 
     def forward(
         self,
@@ -133,16 +146,21 @@ class MPTModel(MPTPreTrainedModel):
         device_type = x.device.type
         compute_dtype = (torch.get_autocast_dtype(device_type)
                          if torch.is_autocast_enabled(device_type) else x.dtype)
-        attn_bias = build_attn_bias(cfg, seq, past_len, attention_mask, sequence_id,
-                                    dtype=compute_dtype, device=x.device)
+        attn_inputs = prepare_attention(cfg, seq, past_len, attention_mask, sequence_id,
+                                        dtype=compute_dtype, device=x.device, cache=self._attn_cache)
 
         presents = [] if use_cache else None
         hidden_states = [] if output_hidden_states else None
+        ac_every = cfg.ac_every_n_blocks if self.training and torch.is_grad_enabled() else 0
         for i, block in enumerate(self.blocks):
             if hidden_states is not None:
                 hidden_states.append(x)
             layer_past = past_key_values[i] if past_key_values else None
-            x, present = block(x, attn_bias, layer_past, use_cache)
+            if ac_every and i % ac_every == 0 and not use_cache:
+                # Keep only this block's input; recompute its activations in backward.
+                x, present = checkpoint(block, x, attn_inputs, layer_past, use_cache, use_reentrant=False)
+            else:
+                x, present = block(x, attn_inputs, layer_past, use_cache)
             if presents is not None:
                 presents.append(present)
         x = self.norm_f(x)
@@ -166,6 +184,10 @@ class MPTForCausalLM(MPTPreTrainedModel, GenerationMixin):
                             else nn.Linear(config.d_model, config.vocab_size, bias=False))
         scale = config.logit_scale
         self.logit_scale = config.d_model ** -0.5 if scale == "inv_sqrt_d_model" else scale
+        # How forward computes the loss when given labels (set by the composer wrapper from
+        # `model.loss_fn`): 'torch_crossentropy' from full logits, or 'chunked_crossentropy' from
+        # the hidden states without full logits (forward then returns logits=None).
+        self.loss_fn = "torch_crossentropy"
         self._materialize_and_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
@@ -205,10 +227,14 @@ class MPTForCausalLM(MPTPreTrainedModel, GenerationMixin):
         )
         h = out.last_hidden_state
         weight = self.transformer.wte.weight if self.lm_head is None else self.lm_head.weight
-        logits = F.linear(h, weight)
-        if self.logit_scale is not None:
-            logits = logits * self.logit_scale
-        loss = causal_lm_loss(logits, labels) if labels is not None else None
+        if labels is not None and self.loss_fn == "chunked_crossentropy":
+            loss = chunked_causal_lm_loss(h, weight, labels, self.logit_scale)
+            logits = None
+        else:
+            logits = F.linear(h, weight)
+            if self.logit_scale is not None:
+                logits = logits * self.logit_scale
+            loss = causal_lm_loss(logits, labels) if labels is not None else None
         result = CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=out.past_key_values,
                                         hidden_states=out.hidden_states)
         return result if return_dict is not False else result.to_tuple()
