@@ -2,40 +2,60 @@
 
 A builder takes the YAML `model:` section without `name` (a plain dict) and an optional tokenizer,
 and returns a ComposerModel.
+
+Composer is imported only when the composer wrapper is asked for, so `foundry.models.mpt` (the
+plain torch / transformers model) imports without it, e.g. in launch/bench/gpu_bench.py.
 """
 
 from __future__ import annotations
 
 import warnings
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-from .composer_model import ComposerMPTCausalLM
 from .flops import count_parameters, flops_per_sequence, flops_per_token, matmul_parameters
 from .mpt import ATTN_CONFIG_DEFAULTS, INIT_CONFIG_DEFAULTS, MPTConfig, MPTForCausalLM
+
+if TYPE_CHECKING:
+    from .composer_model import ComposerMPTCausalLM
+
+
+def __getattr__(name: str):
+    if name == "ComposerMPTCausalLM":
+        from .composer_model import ComposerMPTCausalLM
+
+        return ComposerMPTCausalLM
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # llm-foundry's `model.loss_fn` values. All compute the same cross-entropy; only the kernel differs.
 LOSS_FNS = ("torch_crossentropy", "fused_crossentropy", "chunked_crossentropy")
 
 
-def build_mpt_causal_lm(model_cfg: dict, tokenizer: Any = None) -> ComposerMPTCausalLM:
+def build_mpt_causal_lm(model_cfg: dict, tokenizer: Any = None) -> "ComposerMPTCausalLM":
     """An MPT causal LM from the YAML `model:` section (MPTConfig raises on unknown keys).
 
-    `loss_fn` is the one key that is not an MPTConfig argument (llm-foundry compatibility).
+    `loss_fn` is the one key that is not an MPTConfig argument (llm-foundry compatibility):
+    'torch_crossentropy' (full logits) or 'chunked_crossentropy' (no full logits, see
+    foundry.models.mpt.loss); 'fused_crossentropy' (llm-foundry's flash-attn Triton kernel) falls
+    back to torch_crossentropy with a warning.
     """
+    from .composer_model import ComposerMPTCausalLM
+
     model_cfg = dict(model_cfg)
     loss_fn = model_cfg.pop("loss_fn", "torch_crossentropy")
     if loss_fn not in LOSS_FNS:
         raise ValueError(f"model.loss_fn must be one of {LOSS_FNS}, got {loss_fn!r}")
-    if loss_fn != "torch_crossentropy":
-        warnings.warn(f"model.loss_fn {loss_fn!r}: its kernel is not available yet, using "
-                      "torch_crossentropy (the same loss)")
+    if loss_fn == "fused_crossentropy":
+        warnings.warn("model.loss_fn 'fused_crossentropy' (flash-attn's Triton kernel) is not "
+                      "available, using torch_crossentropy (the same loss); 'chunked_crossentropy' "
+                      "also avoids full-vocabulary logits")
+        loss_fn = "torch_crossentropy"
     config = MPTConfig(**model_cfg)
     if tokenizer is not None and len(tokenizer) > config.vocab_size:
         raise ValueError(
             f"model.vocab_size ({config.vocab_size}) is smaller than the tokenizer's vocabulary "
             f"({len(tokenizer)}); token ids past the embedding table would crash training")
-    return ComposerMPTCausalLM(config, tokenizer=tokenizer)
+    return ComposerMPTCausalLM(config, tokenizer=tokenizer, loss_fn=loss_fn)
 
 
 MODELS: dict[str, Callable[..., Any]] = {"mpt_causal_lm": build_mpt_causal_lm}

@@ -6,6 +6,15 @@
 Batches are dicts from the collator: input_ids, attention_mask, labels (a copy of input_ids with
 -100 on padding, i.e. *not* shifted) and optionally sequence_id. The shift to next-token targets
 happens here, in the loss and the metrics, as in Hugging Face models.
+
+`loss_fn` (`model.loss_fn` in the YAML): 'torch_crossentropy' makes forward return the logits and
+`loss` score them; 'chunked_crossentropy' makes forward compute the loss inside the model from the
+hidden states (foundry.models.mpt.loss), so full-vocabulary logits never exist in training.
+('fused_crossentropy', llm-foundry's flash-attn Triton kernel, falls back to torch_crossentropy.)
+
+Training metrics are off by default: Composer would otherwise run `update_metric` on every
+micro-batch, recomputing the cross-entropy (and perplexity) over the full logits twice, while
+the loss it already logs (`loss/train/total`) is that same cross-entropy. Eval metrics are on.
 """
 
 from __future__ import annotations
@@ -22,36 +31,59 @@ from .mpt.configuration import MPTConfig
 from .mpt.loss import causal_lm_loss, shift_labels
 from .mpt.modeling import MPTForCausalLM
 
+LOSS_FNS = ("torch_crossentropy", "fused_crossentropy", "chunked_crossentropy")
+
 
 class ComposerMPTCausalLM(ComposerModel):
-    def __init__(self, config: MPTConfig, tokenizer: Any = None):
+    def __init__(self, config: MPTConfig, tokenizer: Any = None, loss_fn: str = "torch_crossentropy",
+                 use_train_metrics: bool = False):
         super().__init__()
+        if loss_fn not in LOSS_FNS:
+            raise ValueError(f"model.loss_fn must be one of {LOSS_FNS}, got {loss_fn!r}")
         self.config = config
         self.model = MPTForCausalLM(config)
+        self.model.loss_fn = "chunked_crossentropy" if loss_fn == "chunked_crossentropy" else "torch_crossentropy"
         self.tokenizer = tokenizer
         # Counted once here (meta build) because flops_per_batch runs on every batch.
         self._matmul_params = matmul_parameters(config)
-        self.train_metrics = {"LanguageCrossEntropy": LanguageCrossEntropy(),
-                              "LanguagePerplexity": LanguagePerplexity()}
+        self.train_metrics = ({"LanguageCrossEntropy": LanguageCrossEntropy(),
+                               "LanguagePerplexity": LanguagePerplexity()} if use_train_metrics else {})
         self.eval_metrics = {"LanguageCrossEntropy": LanguageCrossEntropy(),
                              "LanguagePerplexity": LanguagePerplexity()}
 
-    def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """Logits, (batch, seq, vocab)."""
+    @property
+    def loss_fn(self) -> str:
+        return self.model.loss_fn
+
+    def forward(self, batch: Mapping[str, torch.Tensor]) -> Any:
+        """Logits (batch, seq, vocab); with the chunked loss, the model output carrying the loss.
+
+        The attention mask is not passed: the collator pads on the right, so for every real query
+        the causal mask already hides every padding key, and passing it would only cost a per-batch
+        attention mask (and, on a GPU, a host sync to find out whether there is any padding).
+        Padding positions have -100 labels, so their outputs score nothing.
+        """
+        chunked = self.model.loss_fn == "chunked_crossentropy"
         out = self.model(
             input_ids=batch["input_ids"],
-            attention_mask=batch.get("attention_mask"),
             sequence_id=batch.get("sequence_id"),
+            labels=batch["labels"] if chunked else None,
             use_cache=False,
         )
-        return out.logits
+        return out if chunked else out.logits
 
-    def loss(self, outputs: torch.Tensor, batch: Mapping[str, torch.Tensor], *args, **kwargs) -> torch.Tensor:
+    def loss(self, outputs: Any, batch: Mapping[str, torch.Tensor], *args, **kwargs) -> torch.Tensor:
         """Mean next-token cross-entropy over every target that is not -100."""
-        return causal_lm_loss(outputs, batch["labels"])
+        if isinstance(outputs, torch.Tensor):
+            return causal_lm_loss(outputs, batch["labels"])
+        return outputs.loss  # computed in forward (chunked_crossentropy)
 
-    def eval_forward(self, batch: Mapping[str, torch.Tensor], outputs: Optional[torch.Tensor] = None):
-        return outputs if outputs is not None else self.forward(batch)
+    def eval_forward(self, batch: Mapping[str, torch.Tensor], outputs: Optional[Any] = None) -> torch.Tensor:
+        """Logits for the metrics (recomputed when training used the chunked loss, which has none)."""
+        if isinstance(outputs, torch.Tensor):
+            return outputs
+        out = self.model(input_ids=batch["input_ids"], sequence_id=batch.get("sequence_id"), use_cache=False)
+        return out.logits
 
     def update_metric(self, batch: Mapping[str, torch.Tensor], outputs: torch.Tensor, metric: Metric) -> None:
         metric.update(outputs, shift_labels(batch["labels"]))
@@ -63,6 +95,24 @@ class ComposerMPTCausalLM(ComposerModel):
         """Training FLOPs of one batch (see foundry.models.flops for the formula and N)."""
         batch_size, seq_len = batch["input_ids"].shape[:2]
         return batch_size * flops_per_sequence(self.config, seq_len, n_params=self._matmul_params)
+
+    def hardware_flops_per_batch(self, batch: Mapping[str, torch.Tensor], recomputed_blocks: int) -> float:
+        """FLOPs the hardware runs, counting forwards recomputed by activation checkpointing.
+
+        llm-foundry's HFU counts 4 passes instead of 3 with activation checkpointing; with only
+        `recomputed_blocks` of n_layers recomputed we count 3 + recomputed_blocks / n_layers.
+        """
+        passes = 3 + recomputed_blocks / self.config.n_layers
+        return self.flops_per_batch(batch) * passes / 3
+
+    def recomputed_blocks(self) -> int:
+        """Blocks whose forward runs twice per step: ours (ac_every_n_blocks) or wrapped by FSDP's AC."""
+        own = self.model.transformer.checkpointed_blocks()
+        if own:
+            return own
+        from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper
+
+        return sum(isinstance(m, CheckpointWrapper) for m in self.model.modules())
 
     def num_params(self, trainable_only: bool = False) -> int:
         """Parameters of the model as built (tied tables counted once; local shard if sharded)."""

@@ -3,14 +3,32 @@
 Labels arrive aligned with input_ids (the collator copies input_ids and puts -100 on padding), so
 position t is scored against labels[t + 1]. We shift the labels, not the logits: slicing logits
 would copy a (batch, seq, vocab) tensor, the biggest activation in the model.
+
+Two implementations of the same loss (`model.loss_fn`):
+
+- `torch_crossentropy` (`causal_lm_loss`): logits for the whole batch, then F.cross_entropy. The
+  logits, their fp32 log-softmax and its gradient are each (tokens x vocab): with MPT's 50k vocab
+  they dwarf every other activation of a small model.
+- `chunked_crossentropy` (`chunked_causal_lm_loss`): takes the final hidden states and the output
+  embedding instead of logits, and walks the tokens in chunks of about `CHUNK_ELEMENTS / vocab`
+  tokens. Each chunk's fp32 logits become its loss and, right away, its gradients with respect to
+  the hidden states and the embedding (softmax minus one-hot, two matmuls); only those gradients
+  (the size of the hidden states and of the embedding) are kept for backward, which just scales
+  them by the incoming gradient. Full-vocabulary logits exist one chunk at a time, and no matmul
+  is recomputed: the FLOPs are those of the plain loss (one forward, two backward matmuls).
 """
 
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
 IGNORE_INDEX = -100
+# Elements of one chunk's fp32 logits (2^23 = 32 MiB): large enough for efficient matmuls,
+# small next to the full (tokens x vocab) logits of a real batch.
+CHUNK_ELEMENTS = 2 ** 23
 
 
 def shift_labels(labels: torch.Tensor) -> torch.Tensor:
@@ -24,3 +42,78 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy over every next-token target that is not -100 (computed in fp32)."""
     targets = shift_labels(labels)
     return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX)
+
+
+def chunk_tokens_for(vocab_size: int, chunk_elements: int = CHUNK_ELEMENTS) -> int:
+    return max(1, chunk_elements // vocab_size)
+
+
+def chunked_causal_lm_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
+                           logit_scale: Optional[float] = None,
+                           chunk_tokens: Optional[int] = None) -> torch.Tensor:
+    """`causal_lm_loss(F.linear(hidden, weight) * logit_scale, labels)` without the full logits.
+
+    hidden: (batch, seq, d_model) final hidden states; weight: (vocab, d_model) output embedding
+    (the tied `wte.weight`); labels: (batch, seq), unshifted, -100 where ignored.
+    """
+    targets = shift_labels(labels).flatten()
+    chunk = chunk_tokens or chunk_tokens_for(weight.shape[0])
+    return _ChunkedLinearCrossEntropy.apply(hidden.flatten(0, 1), weight, targets, logit_scale, chunk)
+
+
+class _ChunkedLinearCrossEntropy(torch.autograd.Function):
+    """Mean CE of (h @ w.T * scale) against targets, chunked over tokens; gradients made in forward."""
+
+    @staticmethod
+    def forward(ctx, h, w, targets, scale, chunk):
+        device_type = h.device.type
+        if torch.is_autocast_enabled(device_type):
+            dtype = torch.get_autocast_dtype(device_type)  # as F.linear would compute the logits
+        else:
+            dtype = torch.promote_types(h.dtype, w.dtype)
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        valid = targets != IGNORE_INDEX
+        safe_targets = targets.masked_fill(~valid, 0)
+        n_tokens = h.shape[0]
+        loss_sum = torch.zeros((), dtype=torch.float32, device=h.device)
+        grad_h = torch.empty_like(h) if need_h else None
+        grad_w = torch.zeros(w.shape, dtype=torch.float32, device=w.device) if need_w else None
+        with torch.autocast(device_type, enabled=False):
+            hc_all = h.to(dtype)
+            wc = w.to(dtype)
+            for start in range(0, n_tokens, chunk):
+                end = min(start + chunk, n_tokens)
+                hc = hc_all[start:end]
+                logits = (hc @ wc.t()).float()
+                if scale is not None:
+                    logits.mul_(scale)
+                lse = torch.logsumexp(logits, dim=-1)
+                tgt = safe_targets[start:end]
+                v = valid[start:end]
+                target_logit = logits.gather(1, tgt[:, None]).squeeze(1)
+                loss_sum += ((lse - target_logit) * v).sum()
+                if need_h or need_w:
+                    # d(sum of token losses)/d(logits) = softmax - one_hot, zero on ignored rows.
+                    probs = logits.sub_(lse[:, None]).exp_()
+                    probs.scatter_add_(1, tgt[:, None], -torch.ones_like(lse)[:, None])
+                    probs.mul_(v[:, None].to(probs.dtype) * (1.0 if scale is None else scale))
+                    g = probs.to(dtype)
+                    if need_h:
+                        grad_h[start:end] = g @ wc
+                    if need_w:
+                        if dtype == torch.float32:
+                            grad_w.addmm_(g.t(), hc)
+                        else:
+                            grad_w += (g.t() @ hc).float()
+        n_valid = valid.sum()
+        ctx.save_for_backward(grad_h, grad_w, n_valid)
+        ctx.w_dtype = w.dtype
+        return loss_sum / n_valid  # NaN when every target is ignored, as F.cross_entropy
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad_h, grad_w, n_valid = ctx.saved_tensors
+        factor = grad_out / n_valid
+        dh = (grad_h * factor.to(grad_h.dtype)) if grad_h is not None else None
+        dw = (grad_w * factor).to(ctx.w_dtype) if grad_w is not None else None
+        return dh, dw, None, None, None
