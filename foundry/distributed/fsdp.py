@@ -191,10 +191,10 @@ def describe_layout(model, device_mesh) -> str:
     Reads the DTensor parameters themselves (placements, local vs global shape), so it reports
     what FSDP2 actually did, not what was asked for.
     """
-    from composer.utils import dist
+    import torch.distributed as dist
     from torch.distributed.tensor import DTensor
 
-    rank = dist.get_global_rank()
+    rank = dist.get_rank() if dist.is_initialized() else 0
     if device_mesh is None:
         return f'rank {rank}: no device mesh (parameters not sharded)'
     names = device_mesh.mesh_dim_names or tuple(f'dim{i}' for i in range(device_mesh.ndim))
@@ -205,7 +205,8 @@ def describe_layout(model, device_mesh) -> str:
     plain = [n for n, p in params if not isinstance(p, DTensor)]
     name, first = params[0]
     local = tuple(first.to_local().shape) if isinstance(first, DTensor) else tuple(first.shape)
-    text = (f'rank {rank}: FSDP2 mesh {dims} (ranks {device_mesh.mesh.tolist()}), coordinate {coord}; '
+    members = device_mesh.mesh.tolist() if device_mesh.mesh.numel() <= 16 else f'{device_mesh.mesh.numel()} in all'
+    text = (f'rank {rank}: FSDP2 mesh {dims} (ranks {members}), coordinate {coord}; '
             f'parameter placements {", ".join(placements) or "none"}; {name} local {list(local)} of '
             f'{list(first.shape)}')
     if plain:
