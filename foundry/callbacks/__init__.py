@@ -14,6 +14,7 @@ from composer.callbacks import LRMonitor, MemoryMonitor, OptimizerMonitor, Runti
 from composer.core import Callback
 
 from foundry.checkpoint.hf_checkpointer import HuggingFaceCheckpointer
+from foundry.callbacks.mfu import ThroughputMonitor
 from foundry.optim.registry import check_kwargs, check_name, required_keys, signature_keys
 
 CALLBACKS: dict[str, Callable[..., Callback]] = {
@@ -23,6 +24,7 @@ CALLBACKS: dict[str, Callable[..., Callback]] = {
     'runtime_estimator': RuntimeEstimator,
     'optimizer_monitor': OptimizerMonitor,  # grad/param norms every batch_log_interval batches
     'hf_checkpointer': HuggingFaceCheckpointer,  # Hugging Face folders every save_interval (local or s3)
+    'throughput_monitor': ThroughputMonitor,  # tokens/s, MFU/HFU vs a GPU table or a measured CPU peak
 }
 
 CALLBACK_KEYS: dict[str, dict[str, Any]] = {name: signature_keys(cls) for name, cls in CALLBACKS.items()}

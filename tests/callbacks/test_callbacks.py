@@ -36,6 +36,7 @@ def test_empty_entries_and_sections():
 def test_keys_table():
     assert set(CALLBACKS) == set(CALLBACK_KEYS) == {
         'speed_monitor', 'lr_monitor', 'memory_monitor', 'runtime_estimator', 'optimizer_monitor',
+        'hf_checkpointer', 'throughput_monitor',
     }
     assert CALLBACK_KEYS['speed_monitor']['window_size'] == 100
     assert CALLBACK_KEYS['lr_monitor'] == {}
