@@ -111,6 +111,11 @@ def train(cfg: TrainConfig):
     if cfg.fsdp_config is None or plan.device == 'cpu':
         # Composer's FSDP2 meta-init materialises on CUDA only; on CPU (and without FSDP) we do it here.
         materialize_meta_model(model, 'cuda' if plan.device == 'gpu' else 'cpu')
+    if cfg.compile_config is not None:
+        from foundry.distributed.compile import apply_compile
+
+        n_compiled = apply_compile(model, cfg.compile_config)
+        log.info('compile_config: torch.compile on each of %d transformer blocks (%s)', n_compiled, cfg.compile_config)
 
     optimizer = build_optimizer(model, cfg.optimizer['name'], _without_name(cfg.optimizer))
     scheduler = build_scheduler(cfg.scheduler['name'], _without_name(cfg.scheduler))

@@ -125,3 +125,10 @@ class TrainConfig:
             raise ConfigError(f'`global_train_batch_size` must be positive, got {self.global_train_batch_size}')
         if isinstance(self.device_train_microbatch_size, int) and self.device_train_microbatch_size <= 0:
             raise ConfigError('`device_train_microbatch_size` must be positive or "auto"')
+        if self.compile_config is not None:
+            from foundry.distributed.compile import check_compile_config
+
+            try:
+                check_compile_config(self.compile_config)
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
