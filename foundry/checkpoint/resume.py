@@ -160,6 +160,12 @@ def finish_start(setup: CheckpointSetup, trainer) -> None:
             setup.rng.pending = rng
             trainer._rng_state = None
         _seed_rotation(trainer, start)
+    saver = getattr(trainer, '_checkpoint_saver', None)
+    poll = os.environ.get('FOUNDRY_UPLOAD_POLL_S')
+    if saver is not None and poll:
+        # How often Composer checks that a checkpoint's uploads landed before it moves the remote
+        # latest-rank0.pt.symlink (Composer: every 30 s). Lower for short runs and tests.
+        saver._symlink_upload_wait_before_next_try_in_seconds = float(poll)
     elif start.load_path is not None:
         log.info('loaded %s from %s; training starts at batch %d',
                  'model weights' if start.load_weights_only else 'the full training state', start.load_path,

@@ -89,7 +89,44 @@ def export_hf(checkpoint: str, out_dir: str, dtype: Optional[str] = None, meta_d
     config.save_pretrained(out_dir)
     AutoTokenizer.from_pretrained(meta_dir).save_pretrained(out_dir)
     print(f'exported {len(weight_map)} tensors ({total / 2**20:.1f} MiB) from {local} to {out_dir}')
+    problems = transformers_incompatibilities(config)
+    if problems:
+        print(f"warning: transformers' native MptForCausalLM cannot represent this model ({'; '.join(problems)}): "
+              f'AutoModelForCausalLM.from_pretrained would build a different network. Load the folder with '
+              f'foundry.models.mpt.modeling.MPTForCausalLM.from_pretrained instead.')
     return out_dir
+
+
+def transformers_incompatibilities(config) -> list[str]:
+    """What in an MPT config transformers' own MPT class (modeling_mpt.py, 4.51) does not implement.
+
+    That class hard-codes a 4x MLP, multi-head attention with one fused Wqkv, ALiBi with
+    alibi_bias_max 8, LayerNorm, no biases in linear layers, and no position embedding table.
+    """
+    attn = dict(getattr(config, 'attn_config', None) or {})
+    problems = []
+    if getattr(config, 'expansion_ratio', 4) != 4:
+        problems.append(f'expansion_ratio {config.expansion_ratio} (transformers hard-codes 4)')
+    if not attn.get('alibi', True):
+        problems.append('alibi off (transformers always applies ALiBi)')
+    elif attn.get('alibi_bias_max', 8) != 8:
+        problems.append(f'alibi_bias_max {attn["alibi_bias_max"]} (transformers uses 8)')
+    if getattr(config, 'learned_pos_emb', False):
+        problems.append('learned position embeddings (transformers has no wpe)')
+    kv = attn.get('kv_n_heads')
+    if attn.get('attn_type', 'multihead_attention') != 'multihead_attention' and kv != config.n_heads:
+        problems.append(f'{attn["attn_type"]} (transformers implements multi-head attention only)')
+    if attn.get('qk_ln'):
+        problems.append('qk_ln (transformers has no query/key LayerNorm)')
+    if getattr(config, 'norm_type', 'low_precision_layernorm') not in ('layernorm', 'low_precision_layernorm'):
+        problems.append(f'norm_type {config.norm_type} (transformers uses LayerNorm)')
+    if not getattr(config, 'no_bias', True):
+        problems.append('linear biases (no_bias false; transformers has none)')
+    if getattr(config, 'logit_scale', None) is not None:
+        problems.append(f'logit_scale {config.logit_scale}')
+    if getattr(config, 'embedding_fraction', 1.0) != 1.0:
+        problems.append(f'embedding_fraction {config.embedding_fraction}')
+    return problems
 
 
 def _rename_shards(out_dir: str, files: list[str], weight_map: dict[str, str]) -> None:

@@ -1,0 +1,172 @@
+"""Kill a real 2-process run with SIGKILL (between checkpoints, and inside a checkpoint save), restart it
+with the same command, and get exactly the per-batch losses of an uninterrupted run; the same through an
+S3 save folder; and the run's checkpoints and HF folders load in transformers with foundry's logits.
+
+Every run: tests/fixtures/tiny.yaml on 2 CPU processes (FSDP2, sharded checkpoints every 2 batches,
+8 batches, dropout 0.1). Losses are compared with ==, not approximately.
+"""
+
+from __future__ import annotations
+
+import os
+
+import boto3
+import pytest
+import torch
+
+from tests.checkpoint.launching import (BATCHES, Job, logged_batches, losses, overrides,
+                                        reference_run, run, side_by_side, token_sums)
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope='module')
+def reference(tiny_data, tmp_path_factory):
+    return reference_run(tiny_data, str(tmp_path_factory.mktemp('reference')))
+
+
+def test_sigkill_anywhere_then_same_command_gives_the_uninterrupted_losses(reference, tiny_data, tmp_path):
+    args = overrides(tiny_data, str(tmp_path))
+    metrics = str(tmp_path / 'run' / 'metrics.jsonl')
+    checkpoints = tmp_path / 'checkpoints'
+
+    # 1. Killed between checkpoints: as soon as batch 2 has been logged (batch 3 is training).
+    first = Job(args, str(tmp_path / 'log1.txt'))
+    first.wait_for(lambda: 2 in logged_batches(metrics), 'batch 2 in metrics.jsonl')
+    first.kill()
+    killed_at = max(logged_batches(metrics))
+
+    # 2. Killed inside the save at batch 6: both ranks' .distcp written, rank 0 stuck before .metadata.
+    marker = tmp_path / 'hanging'
+    second = Job(args, str(tmp_path / 'log2.txt'), env={'FOUNDRY_FAULT': 'hang_in_save:6',
+                                                         'FOUNDRY_FAULT_MARKER': str(marker)})
+    second.wait_for(marker.exists, 'hang inside the batch-6 save')
+    second.kill()
+    partial = checkpoints / 'ep0-ba6'
+    assert sorted(p.name for p in partial.iterdir()) == ['__0_0.distcp', '__1_0.distcp']  # no .metadata
+    assert os.readlink(checkpoints / 'latest-rank0.pt') == 'ep0-ba4'  # never pointed at the partial one
+
+    # 3. The same command again, to the end.
+    third = run(args, str(tmp_path / 'log3.txt'))
+
+    resumed = losses(metrics)
+    print(side_by_side(f'per-batch loss (run 1 killed after batch {killed_at} was logged, run 2 killed inside '
+                       f'the batch-6 save)', {'uninterrupted': reference.losses, 'killed+resumed': resumed}))
+    assert resumed == reference.losses  # bit-identical, every batch
+    assert token_sums(metrics) == reference.token_sums
+
+    log2, log3 = second.log(), third.log()
+    resumed_from = 'ep0-ba2' if killed_at < 4 else 'ep0-ba4'
+    assert f'autoresume: on; resuming from {checkpoints / resumed_from}' in log2
+    assert 'restored the checkpoint RNG state' in log2
+    assert f'{partial} is incomplete (no .metadata' in log3
+    assert f'autoresume: on; resuming from {checkpoints / "ep0-ba4"} (batch 4)' in log3
+    assert 'no batches replayed' in log3
+    # The partial checkpoint is kept, renamed out of Composer's way; the run re-saved batch 6 whole.
+    assert sorted(p.name for p in (checkpoints / 'ep0-ba6.incomplete').iterdir()) == ['__0_0.distcp', '__1_0.distcp']
+    assert (checkpoints / 'ep0-ba6' / '.metadata').exists()
+    assert os.readlink(checkpoints / 'latest-rank0.pt') == 'ep0-ba8'
+
+
+def test_s3_save_folder_autoresumes_past_a_partial_upload(reference, tiny_data, tmp_path, make_bucket, s3_endpoint):
+    """Resume from S3 (checkpoints up to batch 4 there, a half-uploaded batch 6), save the rest there, export it."""
+    bucket = make_bucket('ckpt-resume')
+    save_folder = f'{bucket}/{{run_name}}/checkpoints'
+    client = boto3.client('s3', endpoint_url=s3_endpoint)
+    # The state an interrupted S3 run leaves: whole checkpoints at 2 and 4, hf_meta, and of batch 6 only one
+    # rank's shard (the upload of the rest and of .metadata never happened); no latest pointer yet.
+    for name in ('ep0-ba2', 'ep0-ba4', 'hf_meta'):
+        for file in sorted(os.listdir(os.path.join(reference.save_folder, name))):
+            client.upload_file(os.path.join(reference.save_folder, name, file), 'ckpt-resume',
+                               f'tiny/checkpoints/{name}/{file}')
+    client.upload_file(os.path.join(reference.save_folder, 'ep0-ba6', '__0_0.distcp'), 'ckpt-resume',
+                       'tiny/checkpoints/ep0-ba6/__0_0.distcp')
+    hf_remote = f'{bucket}/tiny/hf'
+    args = overrides(tiny_data, str(tmp_path), save_folder, f'callbacks.hf_checkpointer.save_folder={hf_remote}',
+                     'callbacks.hf_checkpointer.save_interval=4ba')
+    job = run(args, str(tmp_path / 'log.txt'))
+
+    log = job.log()
+    assert 'autoresume: s3://ckpt-resume/tiny/checkpoints/ep0-ba6 is incomplete (no .metadata' in log
+    assert 'autoresume: on; resuming from s3://ckpt-resume/tiny/checkpoints/ep0-ba4 (batch 4)' in log
+    resumed = losses(str(tmp_path / 'run' / 'metrics.jsonl'))
+    print(side_by_side('per-batch loss, resumed from S3 at batch 4', {'uninterrupted': reference.losses,
+                                                                       's3 resumed': resumed}))
+    assert resumed == {b: reference.losses[b] for b in range(4, BATCHES)}
+    assert token_sums(str(tmp_path / 'run' / 'metrics.jsonl')) == {b: reference.token_sums[b] for b in range(4, BATCHES)}
+    keys = {o['Key'] for o in client.list_objects_v2(Bucket='ckpt-resume')['Contents']}
+    assert {'tiny/checkpoints/ep0-ba8/.metadata', 'tiny/checkpoints/ep0-ba6/.metadata',
+            'tiny/checkpoints/ep0-ba6.incomplete/__0_0.distcp', 'tiny/checkpoints/hf_meta/config.json',
+            'tiny/hf/ba8/model.safetensors', 'tiny/hf/ba8/config.json'} <= keys
+    pointer = client.get_object(Bucket='ckpt-resume', Key='tiny/checkpoints/latest-rank0.pt.symlink')['Body'].read()
+    assert pointer.decode() == 'tiny/checkpoints/ep0-ba8'
+
+    # Export straight from the bucket, through the pointer; the folder loads in transformers.
+    from foundry.cli import main as foundry_cli
+
+    out = tmp_path / 'exported'
+    assert foundry_cli(['export', 'hf', f'{bucket}/tiny/checkpoints/latest-rank0.pt', str(out)]) == 0
+    # Same weights as the uninterrupted run's final checkpoint (the runs are bit-identical).
+    _assert_same_weights(str(out), os.path.join(reference.save_folder, 'ep0-ba8'))
+
+
+def test_exported_checkpoint_and_hf_checkpointer_folders_load_in_transformers(reference, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from foundry.export.hf import export_hf
+
+    out = tmp_path / 'hf'
+    export_hf(os.path.join(reference.save_folder, 'latest-rank0.pt'), str(out))
+    ids = torch.randint(0, 512, (2, 32), generator=torch.Generator().manual_seed(0))
+    theirs = AutoModelForCausalLM.from_pretrained(str(out)).eval()
+    ours = _foundry_model_from_checkpoint(os.path.join(reference.save_folder, 'ep0-ba8'))
+    with torch.no_grad():
+        diff = (theirs(ids).logits - ours(input_ids=ids).logits).abs().max().item()
+    print(f'export round trip (ep0-ba8, sharded, 2 ranks): max |logit difference| transformers vs foundry = {diff:.3g}')
+    assert diff < 1e-4
+    assert theirs.generate(ids[:1, :8], max_new_tokens=8, do_sample=False).shape == (1, 16)
+
+    # hf_checkpointer wrote ba4 and ba8 during the run (gathered from both ranks' shards): ba8 == the export.
+    assert sorted(os.listdir(reference.hf_folder)) == ['ba4', 'ba8']
+    _assert_same_weights(os.path.join(reference.hf_folder, 'ba8'), os.path.join(reference.save_folder, 'ep0-ba8'))
+    _assert_same_weights(os.path.join(reference.hf_folder, 'ba4'), os.path.join(reference.save_folder, 'ep0-ba4'))
+    assert AutoModelForCausalLM.from_pretrained(os.path.join(reference.hf_folder, 'ba4')) is not None
+
+
+def _foundry_model_from_checkpoint(checkpoint: str):
+    from foundry.export.checkpoint import iter_model_tensors
+    from foundry.export.hf import find_run_meta
+    from foundry.models.mpt.configuration import MPTConfig
+    from foundry.models.mpt.modeling import MPTForCausalLM
+
+    config = MPTConfig.from_pretrained(find_run_meta(checkpoint))
+    model = MPTForCausalLM(config)
+    state = {}
+    for group in iter_model_tensors(checkpoint):
+        state.update(group)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    assert not unexpected and set(missing) <= {'lm_head.weight'}, (missing, unexpected)
+    return model.eval()
+
+
+def _assert_same_weights(hf_folder: str, checkpoint: str) -> None:
+    from safetensors.torch import load_file
+
+    from foundry.export.checkpoint import iter_model_tensors
+
+    exported = {}
+    for file in os.listdir(hf_folder):
+        if file.endswith('.safetensors'):
+            exported.update(load_file(os.path.join(hf_folder, file)))
+    original = {}
+    for group in iter_model_tensors(checkpoint):
+        original.update(group)
+    original.pop('lm_head.weight', None)
+    assert sorted(exported) == sorted(original)
+    for name, tensor in original.items():
+        assert torch.equal(exported[name], tensor), name
+
+
+def test_reference_run_is_what_the_others_compare_with(reference):
+    assert sorted(reference.losses) == list(range(BATCHES))
+    print(f'reference run: {reference.seconds:.1f}s for {BATCHES} batches on 2 processes')
