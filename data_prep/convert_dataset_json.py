@@ -1,4 +1,4 @@
-"""Convert JSON / JSON Lines files (optionally .gz) into a tokenized MDS dataset.
+"""Convert JSON / JSON Lines files (also .gz / .zst, local or s3://) into a tokenized MDS dataset.
 
 Example:
     python data_prep/convert_dataset_json.py --path data/train.jsonl --out_root my-mds \
@@ -6,6 +6,8 @@ Example:
 
 Each record's --text_field (default 'text') is one document. Flags match llm-foundry's script;
 --eos_text defaults to the tokenizer's eos token so document boundaries are always recorded.
+Tokenization runs on every core (--workers); an interrupted run, rerun with the same flags,
+resumes at the first unfinished part. --out_root may be s3://bucket/prefix.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import sys
 from typing import Sequence
 
 from foundry.data.cli import conversion_parser, run_conversion
-from foundry.data.readers import iter_json_documents
+from foundry.data.sources import JsonSource
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -22,8 +24,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument('--text_field', default='text',
                         help='field of each record that holds the document (default: text)')
     args = parser.parse_args(argv)
-    return run_conversion(args, lambda: iter_json_documents(args.path, args.text_field),
-                          prog=parser.prog)
+    return run_conversion(args, lambda part_bytes: JsonSource(args.path, args.text_field,
+                                                              part_bytes), prog=parser.prog)
 
 
 if __name__ == '__main__':

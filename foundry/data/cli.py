@@ -14,11 +14,12 @@ import os
 import posixpath
 import re
 import sys
-from typing import Callable, Iterable, NoReturn
+from typing import Callable, NoReturn
 
 from foundry.data.errors import DataError
 
-__all__ = ['OneLineArgumentParser', 'conversion_parser', 'run_conversion', 'output_dir', 'fail']
+__all__ = ['OneLineArgumentParser', 'conversion_parser', 'run_conversion', 'output_dir', 'fail',
+           'parse_size']
 
 
 class OneLineArgumentParser(argparse.ArgumentParser):
@@ -58,10 +59,13 @@ def fail(message: str, prog: str | None = None) -> NoReturn:
     raise SystemExit(2)
 
 
-def conversion_parser(description: str, default_split: str | None) -> OneLineArgumentParser:
+def conversion_parser(description: str, default_split: str | None,
+                      needs_path: bool = True) -> OneLineArgumentParser:
     """Parser with the flags every text-to-MDS conversion takes (llm-foundry's names)."""
     parser = OneLineArgumentParser(description=description, allow_abbrev=False)
-    parser.add_argument('--path', required=True, help='input file or folder')
+    if needs_path:
+        parser.add_argument('--path', required=True,
+                            help='input file or folder, local or s3://bucket/prefix')
     parser.add_argument('--out_root', required=True,
                         help='output folder or remote URL (s3://bucket/prefix)')
     parser.add_argument('--split', default=default_split,
@@ -82,8 +86,30 @@ def conversion_parser(description: str, default_split: str | None) -> OneLineArg
                         help='do not let a document continue into the next sample (its tail '
                         'is dropped), as in llm-foundry')
     parser.add_argument('--compression', default=None, help="shard compression, e.g. 'zstd'")
+    parser.add_argument('--workers', type=int, default=None,
+                        help='tokenizer processes (default: one per core; 0: tokenize in this '
+                        'process on the Rust thread pool)')
+    parser.add_argument('--part_size', default='256MB',
+                        help='input bytes per restartable part (default 256MB)')
+    parser.add_argument('--strict_utf8', action='store_true',
+                        help='fail on invalid UTF-8 (naming file and byte offset) instead of '
+                        'replacing it with U+FFFD and counting it in the summary')
     parser.add_argument('--no_progress', action='store_true', help='hide the progress bar')
     return parser
+
+
+def parse_size(text: str) -> int:
+    """'256MB', '1GiB', '4096' -> bytes."""
+    match = re.fullmatch(r'\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*', str(text), re.IGNORECASE)
+    if not match:
+        raise DataError(f'cannot read size {text!r}; write e.g. 256MB or 1GB.')
+    number, unit = float(match.group(1)), (match.group(2) or '').lower().rstrip('b')
+    scale = {'': 1, 'k': 1e3, 'm': 1e6, 'g': 1e9, 't': 1e12,
+             'ki': 1 << 10, 'mi': 1 << 20, 'gi': 1 << 30, 'ti': 1 << 40}[unit]
+    value = int(number * scale)
+    if value < 1:
+        raise DataError(f'size {text!r} must be positive.')
+    return value
 
 
 def output_dir(out_root: str, split: str | None) -> str:
@@ -95,10 +121,13 @@ def output_dir(out_root: str, split: str | None) -> str:
     return os.path.join(out_root, split)
 
 
-def run_conversion(args: argparse.Namespace, documents: Callable[[], Iterable[str]],
+def run_conversion(args: argparse.Namespace, make_source: Callable[[int], object],
                    prog: str | None = None) -> int:
-    """Build the tokenizer, convert ``documents()``, and turn user errors into one line."""
-    from foundry.data.convert import convert_documents
+    """Build the tokenizer and the source, convert, and turn user errors into one line.
+
+    ``make_source(part_bytes)`` returns a ``foundry.data.sources.Source``.
+    """
+    from foundry.data.convert import convert
     from foundry.data.tokenizer import build_tokenizer
 
     try:
@@ -106,16 +135,19 @@ def run_conversion(args: argparse.Namespace, documents: Callable[[], Iterable[st
         if kwargs is not None and not isinstance(kwargs, dict):
             raise DataError('--tokenizer_kwargs must be a JSON object, e.g. '
                             '\'{"model_max_length": 2048}\'.')
+        if args.workers is not None and args.workers < 0:
+            raise DataError(f'--workers must be >= 0, got {args.workers}.')
         tokenizer = build_tokenizer(args.tokenizer, kwargs)
-        convert_documents(documents(), output_dir(args.out_root, args.split), tokenizer,
-                          args.concat_tokens, bos_text=args.bos_text, eos_text=args.eos_text,
-                          no_wrap=args.no_wrap, compression=args.compression,
-                          progress=not args.no_progress)
+        source = make_source(parse_size(args.part_size))
+        convert(source, output_dir(args.out_root, args.split), tokenizer, args.concat_tokens,
+                bos_text=args.bos_text, eos_text=args.eos_text, no_wrap=args.no_wrap,
+                compression=args.compression, workers=args.workers,
+                strict_utf8=args.strict_utf8, progress=not args.no_progress)
     except json.JSONDecodeError as err:
         fail(f'--tokenizer_kwargs is not valid JSON ({err.msg}).', prog)
     except DataError as err:
         fail(str(err), prog)
     except KeyboardInterrupt:
-        fail('interrupted; the partial output folder was removed.', prog)
+        fail('interrupted. Finished parts are kept: rerun the same command to resume from the '
+             'first unfinished part.', prog)
     return 0
-

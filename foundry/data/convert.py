@@ -1,25 +1,43 @@
-"""Tokenize documents, concatenate them, and write fixed-length token samples as MDS shards.
+"""Tokenize documents on every core, concatenate them, and write fixed-length MDS samples.
 
 This is the core behind every data_prep script. Each document becomes
 ``bos_text + document + eos_text`` in token space; documents are concatenated into one stream
-and cut into ``concat_tokens``-long samples. No separate boundary column is written: the eos
-token is the boundary, and the training collator derives ``sequence_id`` from eos positions.
+and cut into ``concat_tokens``-long samples, exactly as llm-foundry's converters do (the same
+flags give the same token stream). No separate boundary column is written: the eos token is
+the boundary, and the training collator derives ``sequence_id`` from eos positions.
 
 Tokens are stored as ``ndarray:uint16`` when every id fits (vocab <= 65,536), else
 ``ndarray:uint32``. The MDS ndarray encoding records the dtype in the index, so a reader can
 never misread the width (the int32-written/int64-read class of silent corruption).
+
+Speed: worker processes (one per core by default) decode, parse and tokenize batches of raw
+input with the Rust tokenizer's batch encoder; the main process only reads bytes, cuts
+samples and writes shards. ``workers=0`` instead tokenizes in this process on the Rust
+thread pool.
+
+Restartable output layout::
+
+    OUT/conversion.json         settings, the list of parts, and (when complete) the summary
+    OUT/part-00000/...          one MDS sub-dataset per part, with done.json written last
+    OUT/index.json              the merged index, written last and atomically
+
+A rerun of an interrupted conversion keeps every part whose done.json exists (the tokens that
+part carried over into the next sample are recorded there, so the result is identical to an
+uninterrupted run) and continues with the first unfinished one. Readers only ever open
+``OUT/index.json``, which appears once every shard it names is complete and checked.
 """
 
 from __future__ import annotations
 
-import itertools
+import hashlib
+import json
 import os
-import shutil
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass
-from typing import Iterable, Iterator
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 from streaming import MDSWriter
@@ -27,14 +45,21 @@ from streaming.base.compression import get_compressions, is_compression
 from tqdm import tqdm
 from transformers import PreTrainedTokenizerBase
 
+from foundry.data import objstore
+from foundry.data.encode_worker import Encoded, Encoder, init_worker, run_task
 from foundry.data.errors import DataError
+from foundry.data.sources import IterableSource, Part, Source
 
-__all__ = ['ConversionSummary', 'convert_documents', 'token_dtype_for', 'resolve_eos_ids']
+__all__ = ['ConversionSummary', 'convert', 'convert_documents', 'token_dtype_for',
+           'resolve_eos_ids', 'default_workers', 'MANIFEST', 'FORMAT']
 
 TOKENS_COLUMN = 'tokens'
-# Documents tokenized per fast-tokenizer call: large enough to use the Rust batch path
-# (parallel across cores), small enough that memory stays flat on huge inputs.
-DEFAULT_BATCH_SIZE = 512
+MANIFEST = 'conversion.json'
+DONE = 'done.json'
+FORMAT = 'foundry-mds-conversion/1'
+DEFAULT_BATCH_SIZE = 4096  # kept for callers of the old API; tasks are sized by sources.py
+# In-process tokenization avoids worker start-up for inputs this small (or of unknown size).
+_SMALL_INPUT_BYTES = 16 << 20
 
 
 @dataclass
@@ -48,13 +73,39 @@ class ConversionSummary:
     dropped_tokens: int   # tokens not stored: the final partial sample, or no_wrap tails
     dtype: str
     out_root: str
+    concat_tokens: int = 0
+    parts: int = 1
+    parts_reused: int = 0
+    empty_documents: int = 0
+    input_bytes: int = 0
+    workers: int = 0
+    invalid_utf8: dict[str, list[int]] = field(default_factory=dict)  # file -> [count, offset]
+
+    @property
+    def invalid_utf8_count(self) -> int:
+        return sum(count for count, _ in self.invalid_utf8.values())
 
     def __str__(self) -> str:
         rate = self.tokens / self.seconds if self.seconds > 0 else float('nan')
-        return (f'wrote {self.samples:,} samples ({self.tokens:,} tokens, {self.dtype}) from '
-                f'{self.documents:,} documents to {self.out_root}: {self.bytes / 1e6:,.2f} MB in '
-                f'{self.seconds:.1f}s ({rate:,.0f} tokens/s); {self.dropped_tokens:,} tokens '
-                'dropped (partial last sample or no_wrap tails)')
+        mode = f'{self.workers} worker processes' if self.workers else 'in-process threads'
+        lines = [
+            f'wrote {self.samples:,} samples ({self.tokens:,} tokens, {self.dtype}) from '
+            f'{self.documents:,} documents to {self.out_root}: {self.bytes / 1e6:,.2f} MB in '
+            f'{self.seconds:.1f}s ({rate:,.0f} tokens/s, {mode})',
+            f'  parts: {self.parts} ({self.parts_reused} reused from an earlier run); input '
+            f'{self.input_bytes / 1e6:,.2f} MB; {self.dropped_tokens:,} tokens dropped (the '
+            'final partial sample, or no_wrap tails); '
+            f'{self.empty_documents:,} empty documents (kept as bos/eos only)',
+        ]
+        if self.invalid_utf8:
+            files = sorted(self.invalid_utf8.items())
+            shown = '; '.join(f'{f}: {c:,} (first at byte {o:,})' for f, (c, o) in files[:5])
+            more = f'; and {len(files) - 5} more files' if len(files) > 5 else ''
+            lines.append(f'  invalid UTF-8: {self.invalid_utf8_count:,} byte sequences replaced '
+                         f'by U+FFFD in {len(files)} file(s): {shown}{more}')
+        else:
+            lines.append('  invalid UTF-8: none')
+        return '\n'.join(lines)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -68,6 +119,14 @@ def token_dtype_for(vocab_size: int) -> np.dtype:
         return np.dtype(np.uint32)
     raise DataError(f'vocabulary of {vocab_size:,} tokens does not fit in uint32; '
                     'use a smaller tokenizer.')
+
+
+def default_workers() -> int:
+    """Every core this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def resolve_eos_ids(tokenizer: PreTrainedTokenizerBase, eos_text: str | None,
@@ -107,26 +166,36 @@ def resolve_eos_ids(tokenizer: PreTrainedTokenizerBase, eos_text: str | None,
     return ids
 
 
-def convert_documents(documents: Iterable[str],
-                      out_root: str,
-                      tokenizer: PreTrainedTokenizerBase,
-                      concat_tokens: int,
-                      *,
-                      bos_text: str = '',
-                      eos_text: str | None = None,
-                      no_wrap: bool = False,
-                      compression: str | None = None,
-                      batch_size: int = DEFAULT_BATCH_SIZE,
-                      size_limit: int | str | None = 1 << 26,
-                      progress: bool = True,
-                      verbose: bool = True) -> ConversionSummary:
-    """Tokenize ``documents`` and write ``concat_tokens``-long samples to ``out_root``.
+def convert_documents(documents: Iterable[str], out_root: str,
+                      tokenizer: PreTrainedTokenizerBase, concat_tokens: int, *,
+                      batch_size: int = DEFAULT_BATCH_SIZE, **kwargs: Any) -> ConversionSummary:
+    """Convert an iterable of document strings (one part; see :func:`convert`)."""
+    if batch_size < 1:
+        raise DataError(f'batch_size must be >= 1, got {batch_size}.')
+    return convert(IterableSource(documents), out_root, tokenizer, concat_tokens, **kwargs)
+
+
+def convert(source: Source,
+            out_root: str,
+            tokenizer: PreTrainedTokenizerBase,
+            concat_tokens: int,
+            *,
+            bos_text: str = '',
+            eos_text: str | None = None,
+            no_wrap: bool = False,
+            compression: str | None = None,
+            size_limit: int | str | None = 1 << 26,
+            workers: int | None = None,
+            strict_utf8: bool = False,
+            progress: bool = True,
+            verbose: bool = True) -> ConversionSummary:
+    """Tokenize ``source`` and write ``concat_tokens``-long samples to ``out_root``.
 
     Args:
-        documents: iterable of document strings (consumed lazily, once).
-        out_root: local directory or remote URL (s3://..., gs://...) for the MDS dataset.
-        tokenizer: a fast tokenizer; documents are encoded without its automatic specials,
-            so bos_text/eos_text alone decide what surrounds each document.
+        source: where documents come from (see ``foundry.data.sources``).
+        out_root: local folder or ``s3://bucket/prefix`` for the MDS dataset.
+        tokenizer: documents are encoded without its automatic specials, so bos_text/eos_text
+            alone decide what surrounds each document.
         concat_tokens: tokens per stored sample (usually the training max_seq_len).
         bos_text: text prepended to each document ('' for none).
         eos_text: text appended to each document; None means the tokenizer's eos token.
@@ -134,85 +203,221 @@ def convert_documents(documents: Iterable[str],
             each sample is cut, the rest of the buffer is discarded, so every sample starts at
             a document start (long documents are truncated to one sample).
         compression: MDS shard compression, e.g. 'zstd' or 'zstd:7'; None for none.
-        batch_size: documents per tokenizer call.
         size_limit: shard size limit in bytes before compression.
-        progress: show a tqdm bar with tokens/s.
+        workers: tokenizer processes; None = one per core (in-process for small inputs);
+            0 = tokenize in this process on the Rust thread pool.
+        strict_utf8: fail on invalid UTF-8 (naming file and byte offset) instead of replacing
+            it with U+FFFD and counting it in the summary.
+        progress: show a progress bar with tokens/s.
         verbose: print the summary when done.
     """
+    start = time.perf_counter()
     if not isinstance(concat_tokens, int) or isinstance(concat_tokens, bool) or concat_tokens < 1:
         raise DataError(f'concat_tokens must be a positive integer, got {concat_tokens!r}.')
     if compression is not None and not is_compression(compression):
         raise DataError(f'unknown compression {compression!r}; choose one of '
                         f'{sorted(get_compressions())} or leave it unset.')
-    if batch_size < 1:
-        raise DataError(f'batch_size must be >= 1, got {batch_size}.')
-
-    docs = iter(documents)
-    first = next(docs, None)
-    if first is None:
-        raise DataError('no documents to convert: the input is empty. Check --path points at '
-                        'the files you meant.')
-    docs = itertools.chain([first], docs)
+    if workers is not None and (not isinstance(workers, int) or workers < 0):
+        raise DataError(f'workers must be a non-negative integer, got {workers!r}.')
 
     bos_ids = _encode(tokenizer, bos_text) if bos_text else []
     eos_ids = resolve_eos_ids(tokenizer, eos_text, bos_ids)
-    dtype = token_dtype_for(len(tokenizer))
-    local_out = _check_local_out(out_root)
+    vocab_size = len(tokenizer)
+    dtype = token_dtype_for(vocab_size)
+    spec, tokenizer_id = _tokenizer_spec(tokenizer)
 
-    writer = MDSWriter(out=out_root, columns={TOKENS_COLUMN: f'ndarray:{dtype.name}'},
-                       compression=compression, size_limit=size_limit)
-    cutter = _SampleCutter(concat_tokens, no_wrap, dtype, bos_ids, eos_ids)
-    bar = tqdm(desc=f'tokenizing -> {out_root}', unit='tok', unit_scale=True,
-               disable=not progress, file=sys.stderr, dynamic_ncols=True)
-    start = time.perf_counter()
-    n_docs = 0
+    parts = source.parts()
+    if not parts:
+        raise DataError(f'no input to convert in {source.description}.')
+    if workers is None:
+        sizes = [p.size for p in parts]
+        known = all(s is not None for s in sizes)
+        small = not known or sum(sizes) < _SMALL_INPUT_BYTES  # type: ignore[arg-type]
+        workers = 0 if small or isinstance(source, IterableSource) else default_workers()
+
+    settings = {
+        'format': FORMAT, 'tokenizer': tokenizer_id, 'vocab_size': vocab_size,
+        'concat_tokens': concat_tokens, 'bos_ids': bos_ids, 'eos_ids': eos_ids,
+        'no_wrap': no_wrap, 'compression': compression, 'size_limit': size_limit,
+        'dtype': dtype.name, 'source': source.identity(),
+    }
+    out = _Output(out_root)
+    done = out.prepare(settings, parts)
+    if done is None:  # already complete
+        summary = out.completed_summary()
+        summary.seconds = time.perf_counter() - start
+        if verbose:
+            print(f'{out_root} already holds this complete conversion; nothing to do.\n{summary}',
+                  flush=True)
+        return summary
+
+    cutter = _SampleCutter(concat_tokens, no_wrap, dtype)
+    totals = _Totals()
+    for marker in done:
+        totals.add_marker(marker)
+    if done:
+        cutter.buffer = np.asarray(done[-1]['carry'], dtype=np.int64)
+        cutter.samples, cutter.tokens = totals.samples, totals.tokens
+        cutter._dropped = totals.dropped_no_wrap
+
+    encoder_args = (spec, bos_ids, eos_ids, dtype.name, vocab_size, strict_utf8)
+    pipeline = _Pipeline(encoder_args, workers)
+    bar = tqdm(desc='tokenizing', unit='tok', unit_scale=True, disable=not progress,
+               file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
+    current: _PartWriter | None = None
     try:
-        for batch in _batched(docs, batch_size):
-            _check_strings(batch, n_docs)
-            encoded = tokenizer(batch, add_special_tokens=False)['input_ids']
-            n_docs += len(batch)
+        items = _task_stream(parts, len(done))
+        current = None
+        for index, encoded in pipeline.run(items):
+            if current is None or current.index != index:
+                current = _PartWriter(out, index, dtype, compression, size_limit)
+            if encoded is None:  # end of this part
+                marker = current.finish(cutter)
+                totals.add_marker(marker)
+                out.mark_done(index, marker)
+                current = None
+                continue
             before = cutter.tokens
-            for sample in cutter.add(encoded):
-                writer.write({TOKENS_COLUMN: sample})
+            current.add(encoded, cutter)
             bar.update(cutter.tokens - before)
-            bar.set_postfix(docs=n_docs, samples=cutter.samples, refresh=False)
-    except BaseException:
-        # No index.json is written, so nothing half-done can be mistaken for a dataset; remove
-        # the local folder we made so a rerun is not refused as "folder not empty".
-        writer.cancel_future_jobs()
+            bar.set_postfix_str(f'part {index + 1}/{len(parts)} docs {totals.documents + current.documents:,} '
+                                f'samples {cutter.samples:,}', refresh=False)
+    except BaseException as err:
         bar.close()
-        _remove_partial(local_out)
+        if current is not None:
+            current.abandon()
+        pipeline.close(cancel=True)
+        kept = out.after_failure(totals.parts_done)
+        if isinstance(err, DataError) and kept:
+            raise DataError(f'{err} ({kept} of {len(parts)} parts are complete and kept in '
+                            f'{out_root}; fix the input and rerun the same command to resume '
+                            'from the first unfinished part.)') from err
         raise
     bar.close()
-    writer.finish()
-    seconds = time.perf_counter() - start
+    pipeline.close()
 
+    if totals.documents == 0:
+        out.after_failure(0)
+        raise DataError(f'no documents to convert: the input is empty ({source.description}). '
+                        'Check --path points at the files you meant.')
     if cutter.samples == 0:
-        _remove_partial(local_out)
-        raise DataError(f'{n_docs:,} documents gave only {cutter.dropped:,} tokens, fewer than '
-                        f'concat_tokens={concat_tokens}, so no sample was written. Lower '
-                        '--concat_tokens or add more text.')
+        out.after_failure(0)
+        raise DataError(f'{totals.documents:,} documents gave only {cutter.dropped:,} tokens, '
+                        f'fewer than concat_tokens={concat_tokens}, so no sample was written. '
+                        'Lower --concat_tokens or add more text.')
 
-    written = sum((shard.get('zip_data') or shard['raw_data'])['bytes'] for shard in writer.shards)
-    summary = ConversionSummary(documents=n_docs, tokens=cutter.tokens, samples=cutter.samples,
-                                bytes=written, seconds=seconds, dropped_tokens=cutter.dropped,
-                                dtype=dtype.name, out_root=out_root)
+    summary = ConversionSummary(
+        documents=totals.documents, tokens=cutter.tokens, samples=cutter.samples,
+        bytes=totals.bytes, seconds=time.perf_counter() - start, dropped_tokens=cutter.dropped,
+        dtype=dtype.name, out_root=out_root, concat_tokens=concat_tokens, parts=len(parts),
+        parts_reused=len(done), empty_documents=totals.empty, input_bytes=totals.input_bytes,
+        workers=workers, invalid_utf8=totals.invalid_utf8)
+    out.merge(len(parts), summary)
+    if summary.invalid_utf8:
+        warnings.warn(f'invalid UTF-8 in {len(summary.invalid_utf8)} input file(s): '
+                      f'{summary.invalid_utf8_count:,} byte sequences replaced by U+FFFD '
+                      '(see the summary; pass --strict_utf8 to fail instead).')
     if verbose:
         print(summary, flush=True)
     return summary
 
 
+# -- tokenizer plumbing ------------------------------------------------------------------------
+
+def _encode(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)['input_ids'])
+
+
+def _tokenizer_spec(tokenizer: PreTrainedTokenizerBase) -> tuple[tuple[str, Any], str]:
+    """What workers load, and a fingerprint that changes whenever the tokenization would."""
+    if getattr(tokenizer, 'is_fast', False):
+        from tokenizers import Tokenizer
+
+        backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+        backend.no_truncation()  # transformers may leave truncation/padding switched on
+        backend.no_padding()
+        text = backend.to_str()
+        return ('json', text), 'sha256:' + hashlib.sha256(text.encode()).hexdigest()[:16]
+    ident = f'{type(tokenizer).__name__}:{getattr(tokenizer, "name_or_path", "")}:{len(tokenizer)}'
+    return ('object', tokenizer), ident
+
+
+# -- tasks -> results ----------------------------------------------------------------------
+
+def _task_stream(parts: list[Part], first: int) -> Iterator[tuple[int, tuple | None]]:
+    """(part index, task) for every task of every unfinished part; (index, None) ends a part."""
+    for index in range(first, len(parts)):
+        for task in parts[index].tasks():
+            yield index, task
+        yield index, None
+
+
+class _Pipeline:
+    """Runs tasks in worker processes (ordered, with a bounded window) or in this process."""
+
+    def __init__(self, encoder_args: tuple, workers: int) -> None:
+        self.workers = workers
+        self.pool = None
+        self.encoder = None
+        if workers > 0:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            # fork where available: workers start instantly and callers need no __main__
+            # guard. The pool is created before this function starts any thread of its own
+            # (progress bar, shard uploads), ProcessPoolExecutor forks every worker before its
+            # manager thread starts, and workers load their own tokenizer with the Rust thread
+            # pool off, so nothing inherited from the parent's threads is used.
+            method = 'fork' if 'fork' in multiprocessing.get_all_start_methods() else 'spawn'
+            self.pool = ProcessPoolExecutor(max_workers=workers,
+                                            mp_context=multiprocessing.get_context(method),
+                                            initializer=init_worker, initargs=(encoder_args,))
+            # Start the workers now, before the caller creates threads. The variable is set
+            # only while forking so the Rust library does not print its fork warning (each
+            # worker switches its own thread pool off in init_worker).
+            saved = os.environ.get('TOKENIZERS_PARALLELISM')
+            os.environ['TOKENIZERS_PARALLELISM'] = saved or 'true'
+            try:
+                list(self.pool.map(_noop, range(workers)))
+            finally:
+                if saved is None:
+                    os.environ.pop('TOKENIZERS_PARALLELISM', None)
+        else:
+            self.encoder = Encoder(*encoder_args)
+
+    def run(self, items: Iterator[tuple[int, tuple | None]]) -> Iterator[tuple[int, Encoded | None]]:
+        if self.pool is None:
+            for index, task in items:
+                yield index, (self.encoder(task) if task is not None else None)  # type: ignore[misc]
+            return
+        window: deque = deque()
+        limit = 2 * self.workers + 2
+        for index, task in items:
+            window.append((index, self.pool.submit(run_task, task) if task is not None else None))
+            while len(window) > limit:
+                index_, future = window.popleft()
+                yield index_, future.result() if future is not None else None
+        while window:
+            index_, future = window.popleft()
+            yield index_, future.result() if future is not None else None
+
+    def close(self, cancel: bool = False) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=not cancel, cancel_futures=cancel)
+            self.pool = None
+
+
+def _noop(x: int) -> int:
+    return x
+
+
 class _SampleCutter:
     """Concatenates wrapped documents and cuts fixed-length samples off the front."""
 
-    def __init__(self, length: int, no_wrap: bool, dtype: np.dtype, bos: list[int],
-                 eos: list[int]) -> None:
+    def __init__(self, length: int, no_wrap: bool, dtype: np.dtype) -> None:
         self.length = length
         self.no_wrap = no_wrap
         self.dtype = dtype
-        self.bos = np.asarray(bos, dtype=np.int64)
-        self.eos = np.asarray(eos, dtype=np.int64)
-        self.limit = np.iinfo(dtype).max
         self.buffer = np.zeros(0, dtype=np.int64)
         self.samples = 0
         self.tokens = 0
@@ -222,66 +427,243 @@ class _SampleCutter:
     def dropped(self) -> int:
         return self._dropped + len(self.buffer)
 
-    def add(self, encoded: list[list[int]]) -> Iterator[np.ndarray]:
-        pieces = []
-        for ids in encoded:
-            pieces.extend((self.bos, np.asarray(ids, dtype=np.int64), self.eos))
+    def add(self, encoded: Encoded) -> Iterator[np.ndarray]:
+        tokens = encoded.tokens
         if self.no_wrap:
             # Per document: a sample is cut as soon as the buffer fills, and the remainder
             # (the tail of the document that filled it) is discarded.
-            for i in range(0, len(pieces), 3):
-                self.buffer = np.concatenate([self.buffer, *pieces[i:i + 3]])
-                if len(self.buffer) >= self.length:
-                    yield self._emit(self.buffer[:self.length])
-                    self._dropped += len(self.buffer) - self.length
-                    self.buffer = self.buffer[:0]
+            pos = 0
+            buffer = self.buffer.astype(self.dtype)
+            for n in encoded.doc_lens.tolist():
+                buffer = np.concatenate([buffer, tokens[pos:pos + n]])
+                pos += n
+                if len(buffer) >= self.length:
+                    yield self._emit(buffer[:self.length])
+                    self._dropped += len(buffer) - self.length
+                    buffer = buffer[:0]
+            self.buffer = buffer.astype(np.int64)
             return
-        stream = np.concatenate([self.buffer, *pieces])
+        stream = np.concatenate([self.buffer.astype(self.dtype), tokens])
         full = len(stream) // self.length
         for row in stream[:full * self.length].reshape(full, self.length):
             yield self._emit(row)
-        self.buffer = stream[full * self.length:]
+        self.buffer = stream[full * self.length:].astype(np.int64)
 
     def _emit(self, row: np.ndarray) -> np.ndarray:
-        if row.size and (row.max() > self.limit or row.min() < 0):
-            raise DataError(f'token id {int(row.max())} does not fit in {self.dtype.name}; the '
-                            'tokenizer reports fewer tokens than it emits. Report this tokenizer.')
         self.samples += 1
         self.tokens += len(row)
-        return row.astype(self.dtype)
+        return np.ascontiguousarray(row, dtype=self.dtype)
 
 
-def _encode(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
-    return list(tokenizer(text, add_special_tokens=False)['input_ids'])
+class _Totals:
+    """Running totals over finished parts (reused or new)."""
+
+    def __init__(self) -> None:
+        self.documents = self.empty = self.samples = self.tokens = self.bytes = 0
+        self.input_bytes = self.dropped_no_wrap = self.parts_done = 0
+        self.invalid_utf8: dict[str, list[int]] = {}
+
+    def add_marker(self, marker: dict) -> None:
+        self.parts_done += 1
+        self.documents += marker['documents']
+        self.empty += marker['empty_documents']
+        self.bytes += marker['bytes']
+        self.input_bytes += marker['input_bytes']
+        self.samples = marker['samples_total']
+        self.tokens = marker['tokens_total']
+        self.dropped_no_wrap = marker['dropped_no_wrap_total']
+        for file, (count, offset) in marker['invalid_utf8'].items():
+            entry = self.invalid_utf8.setdefault(file, [0, offset])
+            entry[0] += count
 
 
-def _batched(items: Iterator[str], size: int) -> Iterator[list[str]]:
-    while batch := list(itertools.islice(items, size)):
-        yield batch
+class _PartWriter:
+    """The MDS sub-dataset of one part, and the statistics its done marker records."""
+
+    def __init__(self, out: '_Output', index: int, dtype: np.dtype, compression: str | None,
+                 size_limit: int | str | None) -> None:
+        self.index = index
+        self.out = out
+        self.path = out.part_path(index)
+        objstore.delete_tree(self.path)  # leftovers of an interrupted attempt
+        self.writer = MDSWriter(out=self.path, columns={TOKENS_COLUMN: f'ndarray:{dtype.name}'},
+                                compression=compression, size_limit=size_limit)
+        self.documents = self.empty = self.input_bytes = 0
+        self.invalid_utf8: dict[str, list[int]] = {}
+
+    def add(self, encoded: Encoded, cutter: _SampleCutter) -> None:
+        self.documents += encoded.documents
+        self.empty += encoded.empty_documents
+        self.input_bytes += encoded.input_bytes
+        for file, (count, offset) in encoded.bad_utf8.items():
+            entry = self.invalid_utf8.setdefault(file, [0, offset])
+            entry[0] += count
+        write = self.writer.write
+        for sample in cutter.add(encoded):
+            write({TOKENS_COLUMN: sample})
+
+    def finish(self, cutter: _SampleCutter) -> dict:
+        self.writer.finish()
+        written = sum((s.get('zip_data') or s['raw_data'])['bytes'] for s in self.writer.shards)
+        return {
+            'documents': self.documents, 'empty_documents': self.empty,
+            'input_bytes': self.input_bytes, 'bytes': written,
+            'samples': sum(s['samples'] for s in self.writer.shards),
+            'samples_total': cutter.samples, 'tokens_total': cutter.tokens,
+            'dropped_no_wrap_total': cutter._dropped,
+            'invalid_utf8': self.invalid_utf8,
+            'carry': cutter.buffer.tolist(),  # tokens that continue into the next part
+        }
+
+    def abandon(self) -> None:
+        try:
+            self.writer.cancel_future_jobs()
+        except Exception:
+            pass
+        try:
+            objstore.delete_tree(self.path)
+        except Exception:
+            pass
 
 
-def _check_strings(batch: list, offset: int) -> None:
-    for i, doc in enumerate(batch):
-        if not isinstance(doc, str):
-            raise DataError(f'document #{offset + i} is {type(doc).__name__}, not a string; '
-                            'every document must be text.')
+# -- output folder / prefix --------------------------------------------------------------------
 
+class _Output:
+    """The output location: manifest, part folders, done markers and the merged index."""
 
-def _check_local_out(out_root: str) -> str | None:
-    """Refuse a non-empty local output folder up front; return the local path (None if remote)."""
-    if '://' in out_root:
-        return None
-    path = os.path.expanduser(out_root)
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise DataError(f'output path {out_root!r} is a file, not a folder. Choose another '
-                        '--out_root.')
-    if os.path.isdir(path) and os.listdir(path):
-        raise DataError(f'output folder {out_root!r} already exists and is not empty. Delete it '
-                        'or choose another --out_root.')
-    return path
+    def __init__(self, root: str) -> None:
+        self.root = root if objstore.is_url(root) else os.path.expanduser(root)
+        self.created = False
+        self.manifest: dict = {}
 
+    def part_path(self, index: int) -> str:
+        return objstore.join(self.root, f'part-{index:05d}')
 
-def _remove_partial(local_out: str | None) -> None:
-    """Empty the output folder we were writing, which was empty or absent when we started."""
-    if local_out is not None and os.path.isdir(local_out):
-        shutil.rmtree(local_out, ignore_errors=True)
+    def _read_json(self, name: str) -> Any:
+        try:
+            return json.loads(objstore.read_bytes(objstore.join(self.root, name)))
+        except FileNotFoundError:
+            return None
+        except ValueError:
+            raise DataError(f'{objstore.join(self.root, name)} is not valid JSON; the output '
+                            'folder is damaged. Delete it and convert again.') from None
+
+    def _write_json(self, name: str, obj: Any) -> None:
+        objstore.write_bytes(objstore.join(self.root, name),
+                             json.dumps(obj, indent=1, sort_keys=True).encode())
+
+    def prepare(self, settings: dict, parts: list[Part]) -> list[dict] | None:
+        """Check what is already there; return the done markers of the finished prefix of
+        parts (empty for a fresh start), or None if the conversion is already complete."""
+        if not objstore.is_url(self.root) and os.path.isfile(self.root):
+            raise DataError(f'output path {self.root!r} is a file, not a folder. Choose another '
+                            '--out_root.')
+        listed = [{'key': p.key, 'fingerprint': p.fingerprint} for p in parts]
+        manifest = self._read_json(MANIFEST)
+        if manifest is None:
+            if self._non_empty():
+                raise DataError(f'output folder {self.root!r} already exists and is not empty '
+                                '(and holds no conversion to resume). Delete it or choose '
+                                'another --out_root.')
+            self.created = True
+            self.manifest = {'format': FORMAT, 'settings': settings, 'parts': listed,
+                             'complete': False, 'summary': None}
+            self._write_json(MANIFEST, self.manifest)
+            return []
+        if manifest.get('format') != FORMAT or not isinstance(manifest.get('settings'), dict):
+            raise DataError(f'{objstore.join(self.root, MANIFEST)} was not written by this '
+                            'version of the converter. Delete the output folder and convert '
+                            'again.')
+        old = manifest['settings']
+        changed = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+        if changed:
+            detail = '; '.join(f'{k}: {old.get(k)!r} -> {settings.get(k)!r}' for k in changed)
+            raise DataError(f'output folder {self.root!r} holds an unfinished or finished '
+                            f'conversion made with different settings ({detail[:400]}). Use '
+                            'the same flags to resume, or delete it / choose another --out_root.')
+        self.manifest = manifest
+        if manifest.get('complete') and objstore.exists(objstore.join(self.root, 'index.json')) \
+                and manifest.get('parts') == listed:
+            return None
+
+        done: list[dict] = []
+        old_parts = manifest.get('parts') or []
+        for i, part in enumerate(listed):
+            if i >= len(old_parts) or old_parts[i] != part:
+                break
+            marker = self._read_json(f'part-{i:05d}/{DONE}')
+            if marker is None:
+                break
+            done.append(marker)
+        # Later parts (changed or unfinished) are redone; record the current part list.
+        manifest['parts'] = listed
+        manifest['complete'] = False
+        manifest['summary'] = None
+        self._write_json(MANIFEST, manifest)
+        for stale in range(len(done), max(len(old_parts), len(listed))):
+            objstore.delete_tree(self.part_path(stale))
+        objstore.delete_tree(objstore.join(self.root, 'index.json'))  # a stale merged index
+        if objstore.exists(objstore.join(self.root, 'index.json')):
+            raise DataError(f'could not remove the stale {self.root}/index.json.')
+        return done
+
+    def _non_empty(self) -> bool:
+        if objstore.is_url(self.root):
+            return bool(objstore.list_files(self.root))
+        return os.path.isdir(self.root) and bool(os.listdir(self.root))
+
+    def mark_done(self, index: int, marker: dict) -> None:
+        self._write_json(f'part-{index:05d}/{DONE}', marker)
+
+    def after_failure(self, parts_done: int) -> int:
+        """Remove what a failed run leaves when no part is complete; keep finished parts."""
+        if parts_done == 0:
+            try:
+                if objstore.is_url(self.root):
+                    objstore.delete_tree(self.root)
+                elif self.created or not any(n != MANIFEST for n in os.listdir(self.root)):
+                    objstore.delete_tree(self.root)
+            except Exception:
+                pass
+        return parts_done
+
+    def completed_summary(self) -> ConversionSummary:
+        data = dict(self.manifest.get('summary') or {})
+        fields = ConversionSummary.__dataclass_fields__
+        summary = ConversionSummary(**{k: v for k, v in data.items() if k in fields})
+        summary.parts_reused = summary.parts
+        summary.out_root = self.root
+        return summary
+
+    def merge(self, n_parts: int, summary: ConversionSummary) -> None:
+        """Check every part's shards, then write the merged index last (atomically)."""
+        present = {e.path: e.size for e in objstore.list_files(self.root)}
+        shards = []
+        for i in range(n_parts):
+            folder = f'part-{i:05d}'
+            index = self._read_json(f'{folder}/index.json')
+            if index is None:
+                raise DataError(f'{self.part_path(i)}/index.json is missing although the part is '
+                                'marked done; delete that part folder and rerun to redo it.')
+            for shard in index['shards']:
+                for key in ('raw_data', 'zip_data', 'raw_meta', 'zip_meta'):
+                    info = shard.get(key)
+                    if not info:
+                        continue
+                    if key == 'raw_data' and shard.get('zip_data'):
+                        info['basename'] = f'{folder}/{info["basename"]}'
+                        continue  # only the compressed file is stored
+                    info['basename'] = f'{folder}/{info["basename"]}'
+                    path = objstore.join(self.root, *info['basename'].split('/'))
+                    if present.get(path) != info['bytes']:
+                        objstore.delete_tree(objstore.join(self.root, folder, DONE))
+                        raise DataError(f'shard {path} is {present.get(path, "missing")} '
+                                        f'{"bytes" if path in present else ""} but its index '
+                                        f'says {info["bytes"]} bytes; part {folder} was marked '
+                                        'undone, rerun to redo it.')
+                shards.append(shard)
+        self.manifest['complete'] = True
+        self.manifest['summary'] = summary.to_dict()
+        self._write_json(MANIFEST, self.manifest)
+        objstore.write_bytes(objstore.join(self.root, 'index.json'),
+                             json.dumps({'version': 2, 'shards': shards}).encode())
