@@ -394,7 +394,10 @@ class _Pipeline:
         limit = 2 * self.workers + 2
         for index, task in items:
             window.append((index, self.pool.submit(run_task, task) if task is not None else None))
-            while len(window) > limit:
+            # Yield in order: whatever is finished at the front, and block once the window
+            # is full (bounded memory however large the input).
+            while window and (len(window) > limit or window[0][1] is None or
+                              window[0][1].done()):
                 index_, future = window.popleft()
                 yield index_, future.result() if future is not None else None
         while window:
@@ -596,15 +599,14 @@ class _Output:
                 break
             done.append(marker)
         # Later parts (changed or unfinished) are redone; record the current part list.
+        # The merged index goes first, so no reader can see the parts being redone.
+        objstore.delete_file(objstore.join(self.root, 'index.json'))
         manifest['parts'] = listed
         manifest['complete'] = False
         manifest['summary'] = None
         self._write_json(MANIFEST, manifest)
         for stale in range(len(done), max(len(old_parts), len(listed))):
             objstore.delete_tree(self.part_path(stale))
-        objstore.delete_tree(objstore.join(self.root, 'index.json'))  # a stale merged index
-        if objstore.exists(objstore.join(self.root, 'index.json')):
-            raise DataError(f'could not remove the stale {self.root}/index.json.')
         return done
 
     def _non_empty(self) -> bool:

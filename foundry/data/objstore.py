@@ -24,7 +24,7 @@ from typing import IO, Iterator
 from foundry.data.errors import DataError
 
 __all__ = ['is_url', 'join', 'read_bytes', 'write_bytes', 'exists', 'size_of', 'list_files',
-           'delete_tree', 'open_binary', 'describe_s3_error', 's3_client', 'FileEntry']
+           'delete_tree', 'delete_file', 'open_binary', 'describe_s3_error', 's3_client', 'FileEntry']
 
 _SUPPORTED_SCHEMES = ('s3',)
 
@@ -216,6 +216,17 @@ def delete_tree(root: str) -> None:
                 from err
         return
     shutil.rmtree(root, ignore_errors=True)
+
+
+def delete_file(path: str) -> None:
+    """Remove one file / object. Missing is fine."""
+    if is_url(path):
+        _s3_call(lambda b, k: s3_client().delete_object(Bucket=b, Key=k), path)
+        return
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def open_binary(path: str) -> IO[bytes]:

@@ -36,6 +36,7 @@ __all__ = ['Part', 'Source', 'JsonSource', 'TextSource', 'ParquetSource', 'HFSou
 DEFAULT_PART_BYTES = 256 << 20   # input bytes per restartable part
 TASK_BYTES = 1 << 20             # input bytes per worker task
 TASK_DOCS = 4096                 # documents per worker task (for sources of decoded strings)
+MIN_RANGE_BYTES = 1 << 20        # a large file is split into byte ranges no smaller than this
 
 JSON_SUFFIXES = tuple(base + comp for base in ('.jsonl', '.json', '.ndjson')
                       for comp in ('', '.gz', '.zst', '.zstd'))
@@ -57,14 +58,15 @@ class Part:
 
 class Source:
     """Base class: ``parts()`` lists the work, ``description`` names it in messages."""
+    kind = 'documents'
     description = 'documents'
 
     def parts(self) -> list[Part]:
         raise NotImplementedError
 
     def identity(self) -> dict:
-        """What the conversion manifest records about this source."""
-        return {'source': type(self).__name__, 'description': self.description}
+        """What the conversion manifest records about this source (a resume must match it)."""
+        return {'source': self.kind, 'description': self.description}
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -182,6 +184,8 @@ class JsonSource(Source):
     even a single huge file restarts part by part.
     """
 
+    kind = 'json'
+
     def __init__(self, path: str, text_field: str = 'text',
                  part_bytes: int = DEFAULT_PART_BYTES) -> None:
         if not text_field:
@@ -199,9 +203,10 @@ class JsonSource(Source):
         for entry in _input_files(self.path, JSON_SUFFIXES, 'JSON / JSON Lines'):
             splittable = (not objstore.is_url(entry.path) and not _is_compressed(entry.path)
                           and not entry.path.lower().endswith('.json'))
-            if splittable and entry.size > self.part_bytes:
-                for start in range(0, entry.size, self.part_bytes):
-                    units.append((entry, start, min(start + self.part_bytes, entry.size)))
+            step = max(self.part_bytes, MIN_RANGE_BYTES)
+            if splittable and entry.size > step:
+                for start in range(0, entry.size, step):
+                    units.append((entry, start, min(start + step, entry.size)))
             else:
                 units.append((entry, 0, None))
 
@@ -303,6 +308,8 @@ def _jsonl_tasks(f: IO[bytes], path: str, name: str, start: int, end: int | None
 class TextSource(Source):
     """Folders of ``.txt`` files (local or ``s3://``): one document per file, sorted by path."""
 
+    kind = 'text'
+
     def __init__(self, path: str, part_bytes: int = DEFAULT_PART_BYTES) -> None:
         self.path = path
         self.part_bytes = max(int(part_bytes), 1)
@@ -344,6 +351,8 @@ class TextSource(Source):
 
 class ParquetSource(Source):
     """Parquet files (local or ``s3://``); ``text_field`` names the string column."""
+
+    kind = 'parquet'
 
     def __init__(self, path: str, text_field: str = 'text',
                  part_bytes: int = DEFAULT_PART_BYTES) -> None:
@@ -403,6 +412,8 @@ class HFSource(Source):
     ``path`` is a hub name (``allenai/c4``), a packaged builder (``json``, ``parquet``,
     ``text``, ``csv``) with ``data_files``, or a local folder of data files.
     """
+
+    kind = 'huggingface'
 
     def __init__(self, path: str, name: str | None = None, split: str = 'train',
                  text_field: str = 'text', data_files: Sequence[str] | str | None = None,
@@ -504,6 +515,8 @@ class HFSource(Source):
 
 class IterableSource(Source):
     """Documents from any iterable of strings, as one part (it cannot be re-opened)."""
+
+    kind = 'iterable'
 
     def __init__(self, documents: Iterable[str], description: str = 'documents') -> None:
         self._documents = documents

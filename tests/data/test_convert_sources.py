@@ -110,7 +110,9 @@ def test_hf_hub_name_without_network_is_a_clear_error(tmp_path, offline_hf):
         HFSource('allenai/c4', 'en').parts()
 
 
-def test_big_file_split_into_byte_range_parts_gives_the_same_stream(tiny_tokenizer, tmp_path):
+def test_big_file_split_into_byte_range_parts_gives_the_same_stream(tiny_tokenizer, tmp_path,
+                                                                     monkeypatch):
+    monkeypatch.setattr('foundry.data.sources.MIN_RANGE_BYTES', 1)
     write_jsonl(tmp_path / 'big.jsonl', DOCS * 3)
     size = os.path.getsize(tmp_path / 'big.jsonl')
     one = convert(JsonSource(str(tmp_path / 'big.jsonl')), str(tmp_path / 'one'), tiny_tokenizer,
