@@ -162,10 +162,11 @@ def load_weights(model: torch.nn.Module, source, description: str, max_bytes: in
     targets = dict(model.state_dict(keep_vars=True))
     shapes = source.shapes()
     tied = 'lm_head.weight' not in targets
-    extra = sorted(n for n in shapes if n not in targets and not (tied and n == 'lm_head.weight'))
-    missing = sorted(n for n in targets if n not in shapes)
+    # In the model's own order (embeddings first), which is how people read a state dict.
+    extra = [n for n in shapes if n not in targets and not (tied and n == 'lm_head.weight')]
+    missing = [n for n in targets if n not in shapes]
     mismatched = [f'{n}: {list(shapes[n])} in {description}, {list(targets[n].shape)} in the model'
-                  for n in sorted(targets) if n in shapes and tuple(shapes[n]) != tuple(targets[n].shape)]
+                  for n in targets if n in shapes and tuple(shapes[n]) != tuple(targets[n].shape)]
     problems = []
     if mismatched:
         problems.append('shape mismatch: ' + '; '.join(mismatched[:8]) + (' ...' if len(mismatched) > 8 else ''))

@@ -46,6 +46,20 @@ def find_run_meta(checkpoint_path: str) -> str:
 
 def export_hf(checkpoint: str, out_dir: str, dtype: Optional[str] = None, meta_dir: Optional[str] = None,
               max_shard_bytes: int = 2 << 30) -> str:
+    """Write the Hugging Face folder; a remote checkpoint is downloaded to a temporary folder, removed after."""
+    if '://' not in checkpoint:
+        return _export_hf(checkpoint, checkpoint, out_dir, dtype, meta_dir, max_shard_bytes)
+    import tempfile
+
+    from foundry.export.remote import download_checkpoint
+
+    with tempfile.TemporaryDirectory(prefix='foundry-export-') as tmp:
+        local = download_checkpoint(checkpoint, tmp)
+        return _export_hf(checkpoint, local, out_dir, dtype, meta_dir, max_shard_bytes)
+
+
+def _export_hf(checkpoint: str, source: str, out_dir: str, dtype: Optional[str], meta_dir: Optional[str],
+               max_shard_bytes: int) -> str:
     from safetensors.torch import save_file
     from transformers import AutoTokenizer
 
@@ -53,12 +67,12 @@ def export_hf(checkpoint: str, out_dir: str, dtype: Optional[str] = None, meta_d
 
     # Resolve first (a remote checkpoint is downloaded with its run's hf_meta beside it); the
     # checkpoint, file or folder, sits directly in the save folder that holds hf_meta.
-    local = resolve_local_checkpoint(checkpoint)
+    local = resolve_local_checkpoint(source)
     if meta_dir is None:
         try:
             meta_dir = find_run_meta(local)
         except CheckpointError:
-            if '://' in checkpoint:
+            if source != checkpoint:
                 raise
             meta_dir = find_run_meta(checkpoint)  # e.g. a symlink into another folder
     config = MPTConfig.from_pretrained(meta_dir)
@@ -88,7 +102,8 @@ def export_hf(checkpoint: str, out_dir: str, dtype: Optional[str] = None, meta_d
         config.torch_dtype = target_dtype
     config.save_pretrained(out_dir)
     AutoTokenizer.from_pretrained(meta_dir).save_pretrained(out_dir)
-    print(f'exported {len(weight_map)} tensors ({total / 2**20:.1f} MiB) from {local} to {out_dir}')
+    print(f'exported {len(weight_map)} tensors ({total / 2**20:.1f} MiB) from '
+          f'{checkpoint if source != checkpoint else local} to {out_dir}')
     problems = transformers_incompatibilities(config)
     if problems:
         print(f"warning: transformers' native MptForCausalLM cannot represent this model ({'; '.join(problems)}): "

@@ -1,0 +1,167 @@
+"""Real training runs in this process (one rank, FSDP2 on a 1-process mesh, tiny.yaml): full checkpoints,
+resumption past a half-written checkpoint, autoresume off, weights from a Hugging Face folder, and a failed
+checkpoint upload. One run takes a few seconds; the multi-process behaviour is in tests/e2e.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from foundry.config.errors import ConfigError
+from foundry.loggers.jsonl import read_metrics
+from tests.checkpoint.helpers import truncate
+from tests.e2e.conftest import TINY_YAML, tiny_data  # noqa: F401  (the corpus fixture)
+
+
+def train_here(data_root: str, root: str, *extra: str):
+    from foundry.config.load import load_config
+    from foundry.train import train
+
+    cfg = load_config(TINY_YAML, [f'variables.data_root={data_root}', f'train_loader.dataset.local={data_root}/english',
+                                  f'run_folder={root}/run', f'save_folder={root}/checkpoints', 'max_duration=6ba',
+                                  'save_interval=2ba', 'model.resid_pdrop=0.1', *extra])
+    trainer = train(cfg)
+    trainer.close()
+    return trainer
+
+
+def train_losses(root: str) -> dict[int, float]:
+    return {b: m['loss/train/total'] for b, m in read_metrics(f'{root}/run/metrics.jsonl').items()
+            if 'loss/train/total' in m}
+
+
+def test_full_checkpoints_resume_exactly_past_a_half_written_one(tiny_data, tmp_path, caplog):  # noqa: F811
+    caplog.set_level(logging.INFO, logger='foundry')
+    whole = str(tmp_path / 'whole')
+    train_here(tiny_data, whole, 'fsdp_config.state_dict_type=full')
+    assert sorted(f for f in os.listdir(f'{whole}/checkpoints') if f.endswith('.pt')) == [
+        'ep0-ba2-rank0.pt', 'ep0-ba4-rank0.pt', 'ep0-ba6-rank0.pt', 'latest-rank0.pt']
+
+    # What a kill during the save at batch 4 leaves: batch 2 whole, batch 4 half written, the pointer at 2.
+    killed = str(tmp_path / 'killed')
+    os.makedirs(f'{killed}/checkpoints')
+    shutil.copy(f'{whole}/checkpoints/ep0-ba2-rank0.pt', f'{killed}/checkpoints/')
+    shutil.copy(f'{whole}/checkpoints/ep0-ba4-rank0.pt', f'{killed}/checkpoints/')
+    truncate(f'{killed}/checkpoints/ep0-ba4-rank0.pt', 0.5)
+    os.symlink('ep0-ba2-rank0.pt', f'{killed}/checkpoints/latest-rank0.pt')
+
+    caplog.clear()
+    train_here(tiny_data, killed, 'fsdp_config.state_dict_type=full')
+    text = caplog.text
+    assert 'ep0-ba4-rank0.pt is incomplete (not a complete torch.save file' in text
+    assert f'resuming from {killed}/checkpoints/ep0-ba2-rank0.pt (batch 2)' in text
+    assert 'restored the checkpoint RNG state before batch 2' in text
+    # Composer alone would have refused to start here ("may conflict with a future checkpoint").
+    assert os.path.exists(f'{killed}/checkpoints/ep0-ba4-rank0.pt.incomplete')
+    expected = train_losses(whole)
+    assert train_losses(killed) == {b: expected[b] for b in range(2, 6)}
+
+
+def test_autoresume_false_refuses_to_overwrite_then_starts_over_when_asked(tiny_data, tmp_path, caplog):  # noqa: F811
+    caplog.set_level(logging.INFO, logger='foundry')
+    root = str(tmp_path)
+    train_here(tiny_data, root, 'max_duration=2ba')
+    with pytest.raises(ConfigError, match='already holds checkpoints .newest ep0-ba2. and autoresume is off'):
+        train_here(tiny_data, root, 'max_duration=2ba', 'autoresume=false')
+    caplog.clear()
+    trainer = train_here(tiny_data, root, 'max_duration=2ba', 'autoresume=false', 'save_overwrite=true')
+    assert 'autoresume: off (autoresume: false); this run starts at batch 0' in caplog.text
+    assert 'resuming' not in caplog.text
+    assert int(trainer.state.timestamp.batch) == 2  # trained 0 -> 2 again, not resumed at 2
+    assert [d for d in os.listdir(f'{root}/checkpoints') if d.startswith('replaced-')]
+
+
+def test_load_path_hf_folder_loads_its_weights(tiny_data, tmp_path, caplog):  # noqa: F811
+    from foundry.checkpoint.weights import WeightsError
+    from foundry.config.load import load_config
+    from foundry.models.mpt.configuration import MPTConfig
+    from foundry.models.mpt.modeling import MPTForCausalLM
+
+    caplog.set_level(logging.INFO, logger='foundry')
+    model_cfg = {k: v for k, v in load_config(TINY_YAML, [f'variables.data_root={tiny_data}']).model.items()
+                 if k != 'name'}
+    torch.manual_seed(11)
+    hf_model = MPTForCausalLM(MPTConfig(**{**model_cfg, 'init_device': 'cpu'}))
+    with torch.no_grad():
+        for p in hf_model.parameters():
+            p.normal_(0, 0.3)
+    hf = str(tmp_path / 'hf')
+    hf_model.save_pretrained(hf, max_shard_size='100KB')  # sharded, with an index, as mpt-7b ships
+
+    # One batch: tiny.yaml warms the lr up from 0, so the first step leaves the loaded weights as they are.
+    trainer = train_here(tiny_data, str(tmp_path / 'run'), f'load_path={hf}', 'max_duration=1ba')
+    assert f'loaded {len(hf_model.state_dict())} tensors from the Hugging Face folder {hf}' in caplog.text
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    got = get_model_state_dict(trainer.state.model.model, options=StateDictOptions(full_state_dict=True))
+    for name, tensor in hf_model.state_dict().items():
+        assert torch.equal(got[name], tensor), name
+
+    wrong = str(tmp_path / 'wrong')
+    MPTForCausalLM(MPTConfig(**{**model_cfg, 'd_model': 64, 'init_device': 'cpu'})).save_pretrained(wrong)
+    with pytest.raises(WeightsError, match=r'transformer\.wte\.weight: \[512, 64\] in Hugging Face folder .*, '
+                                           r'\[512, 32\] in the model'):
+        train_here(tiny_data, str(tmp_path / 'run2'), f'load_path={wrong}', 'max_duration=1ba')
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def test_failed_checkpoint_upload_is_retried_then_reported_with_the_local_copy(tiny_data, tmp_path, caplog,  # noqa: F811
+                                                                             monkeypatch):
+    """The object store goes away after the run started: boto3 retries, then the run stops and says where
+    the checkpoints are on local disk; they are whole."""
+    import boto3
+
+    import foundry.checkpoint.resume as resume
+
+    port = _free_port()
+    url = f'http://127.0.0.1:{port}'
+    server = subprocess.Popen([sys.executable, '-m', 'moto.server', '-H', '127.0.0.1', '-p', str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(150):
+            try:
+                socket.create_connection(('127.0.0.1', port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.2)
+        for k, v in {'S3_ENDPOINT_URL': url, 'AWS_ACCESS_KEY_ID': 't', 'AWS_SECRET_ACCESS_KEY': 't',
+                     'AWS_DEFAULT_REGION': 'us-east-1'}.items():
+            monkeypatch.setenv(k, v)
+        boto3.client('s3', endpoint_url=url).create_bucket(Bucket='going-away')
+        original = resume.finish_start
+
+        def then_lose_the_store(setup, trainer):
+            original(setup, trainer)
+            server.kill()  # every later request: connection refused
+            server.wait()
+
+        monkeypatch.setattr(resume, 'finish_start', then_lose_the_store)  # train() imports it at call time
+        caplog.set_level(logging.INFO, logger='foundry')
+        with pytest.raises(Exception) as err:
+            train_here(tiny_data, str(tmp_path), 'save_folder=s3://going-away/{run_name}/ckpt')
+    finally:
+        if server.poll() is None:
+            server.kill()
+    assert 'Could not connect to the endpoint URL' in str(err.value) or 'EndpointConnectionError' in repr(err.value)
+    report = next(r.getMessage() for r in caplog.records if 'checkpoint upload to' in r.getMessage())
+    assert 'checkpoint upload to s3://going-away/tiny/ckpt failed after retries' in report
+    local = report.split('kept on local disk in ')[1].split(':')[0]
+    from foundry.checkpoint.layout import LocalSaveFolder
+
+    kept = LocalSaveFolder(local).checkpoints()
+    assert kept and all(LocalSaveFolder(local).problem(r) is None for r in kept)
+    assert report.endswith(', '.join(r.name for r in kept))
