@@ -49,20 +49,21 @@ def join(base: str, *parts: str) -> str:
     return os.path.join(base, *parts)
 
 
-_clients: dict[int, object] = {}
+_clients: dict[tuple, object] = {}
 
 
 def s3_client():
-    """One boto3 S3 client per process, pointed at S3_ENDPOINT_URL when it is set."""
-    pid = os.getpid()
-    if pid not in _clients:
+    """A boto3 S3 client for this process and environment (S3_ENDPOINT_URL when set)."""
+    key = (os.getpid(), os.environ.get('S3_ENDPOINT_URL'), os.environ.get('AWS_ACCESS_KEY_ID'),
+           os.environ.get('AWS_PROFILE'))
+    if key not in _clients:
         import boto3
         from botocore.config import Config
 
         config = Config(retries={'max_attempts': 5, 'mode': 'standard'})
-        _clients[pid] = boto3.session.Session().client(
+        _clients[key] = boto3.session.Session().client(
             's3', endpoint_url=os.environ.get('S3_ENDPOINT_URL') or None, config=config)
-    return _clients[pid]
+    return _clients[key]
 
 
 def describe_s3_error(err: BaseException, bucket: str, key: str) -> str:
