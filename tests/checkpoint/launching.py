@@ -30,14 +30,40 @@ ENV = {'FOUNDRY_DATA_FINGERPRINT': '1', 'FOUNDRY_UPLOAD_POLL_S': '1', 'PYTHONUNB
 
 
 def overrides(data_root: str, run_dir: str, save_folder: Optional[str] = None, *extra: str) -> list[str]:
+    """The command line of every launched run. Runs start from the same Hugging Face MPT folder
+    (`load_path`, weights only), so the launcher tests also load HF weights into 2-rank FSDP2 shards;
+    a run that finds its own checkpoint resumes that instead."""
     return [
         f'variables.data_root={data_root}',
         f'train_loader.dataset.local={data_root}/english',
         f'run_folder={run_dir}/run',
         f'save_folder={save_folder or os.path.join(run_dir, "checkpoints")}',
+        f'load_path={hf_init(data_root)}',
         *COMMON,
         *extra,
     ]
+
+
+_HF_INIT: dict[str, str] = {}
+
+
+def hf_init(data_root: str) -> str:
+    """A Hugging Face folder (mosaicml/mpt-7b layout: config.json with attn_config, weights sharded with an
+    index) holding a freshly initialised model of the launched runs' architecture."""
+    if data_root not in _HF_INIT:
+        import torch
+
+        from foundry.config.load import load_config
+        from foundry.models.mpt.configuration import MPTConfig
+        from foundry.models.mpt.modeling import MPTForCausalLM
+
+        cfg = load_config(TINY_YAML, [f'variables.data_root={data_root}', *COMMON])
+        torch.manual_seed(1234)
+        model = MPTForCausalLM(MPTConfig(**{k: v for k, v in cfg.model.items() if k != 'name'}))
+        folder = os.path.join(os.path.dirname(os.path.abspath(data_root)), 'hf-init-mpt-tiny')  # pytest's tmp
+        model.save_pretrained(folder, max_shard_size='40KB')
+        _HF_INIT[data_root] = folder
+    return _HF_INIT[data_root]
 
 
 class Job:
@@ -120,6 +146,7 @@ class ReferenceRun:
     save_folder: str
     metrics: str
     hf_folder: str  # hf_checkpointer output
+    log: str
     losses: dict[int, float]
     token_sums: dict[int, int]
     seconds: float
@@ -129,18 +156,18 @@ _REFERENCE: dict[str, ReferenceRun] = {}
 
 
 def reference_run(data_root: str, root: str) -> ReferenceRun:
-    """The uninterrupted 2-process run (local sharded checkpoints at 2, 4, 6, 8; HF folders at 4 and 8)."""
+    """The uninterrupted 2-process run (local sharded checkpoints at 2, 4, 6, 8; an HF folder every batch)."""
     if data_root in _REFERENCE:
         return _REFERENCE[data_root]
     os.makedirs(root, exist_ok=True)
     hf_folder = os.path.join(root, 'hf')
     args = overrides(data_root, root, None, f'callbacks.hf_checkpointer.save_folder={hf_folder}',
-                     'callbacks.hf_checkpointer.save_interval=4ba')
+                     'callbacks.hf_checkpointer.save_interval=1ba')
     started = time.time()
-    run(args, os.path.join(root, 'log.txt'))
+    job = run(args, os.path.join(root, 'log.txt'))
     metrics = os.path.join(root, 'run', 'metrics.jsonl')
     ref = ReferenceRun(root=root, save_folder=os.path.join(root, 'checkpoints'), metrics=metrics, hf_folder=hf_folder,
-                       losses=losses(metrics), token_sums=token_sums(metrics), seconds=time.time() - started)
+                       log=job.log(), losses=losses(metrics), token_sums=token_sums(metrics), seconds=time.time() - started)
     assert sorted(ref.losses) == list(range(BATCHES)), ref.losses
     _REFERENCE[data_root] = ref
     return ref

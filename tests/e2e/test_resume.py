@@ -14,7 +14,7 @@ import boto3
 import pytest
 import torch
 
-from tests.checkpoint.launching import (BATCHES, Job, logged_batches, losses, overrides,
+from tests.checkpoint.launching import (BATCHES, Job, hf_init, logged_batches, losses, overrides,
                                         reference_run, run, side_by_side, token_sums)
 
 pytestmark = pytest.mark.slow
@@ -126,11 +126,37 @@ def test_exported_checkpoint_and_hf_checkpointer_folders_load_in_transformers(re
     assert diff < 1e-4
     assert theirs.generate(ids[:1, :8], max_new_tokens=8, do_sample=False).shape == (1, 16)
 
-    # hf_checkpointer wrote ba4 and ba8 during the run (gathered from both ranks' shards): ba8 == the export.
-    assert sorted(os.listdir(reference.hf_folder)) == ['ba4', 'ba8']
+    # hf_checkpointer wrote a folder after every batch, gathered from both ranks' shards; at 4 and 8 they hold
+    # exactly the checkpoints' weights.
+    assert sorted(os.listdir(reference.hf_folder)) == [f'ba{b}' for b in range(1, BATCHES + 1)]
     _assert_same_weights(os.path.join(reference.hf_folder, 'ba8'), os.path.join(reference.save_folder, 'ep0-ba8'))
     _assert_same_weights(os.path.join(reference.hf_folder, 'ba4'), os.path.join(reference.save_folder, 'ep0-ba4'))
     assert AutoModelForCausalLM.from_pretrained(os.path.join(reference.hf_folder, 'ba4')) is not None
+
+
+def test_run_started_from_a_hugging_face_folder(reference, tiny_data):
+    """load_path: an HF MPT folder (sharded safetensors + index) loaded into the 2 ranks' FSDP2 shards.
+
+    The lr warms up from 0, so batch 0 leaves the weights as loaded: hf_checkpointer's ba1 folder, gathered
+    back from both ranks, must equal the folder the run started from, tensor for tensor.
+    """
+    from safetensors.torch import load_file
+
+    init = hf_init(tiny_data)
+    assert f'load_path: {init} is a Hugging Face folder' in reference.log
+    assert f'loaded 14 tensors from the Hugging Face folder {init}' in reference.log
+    assert os.path.exists(os.path.join(init, 'model.safetensors.index.json'))
+    loaded, started = {}, {}
+    for file in os.listdir(init):
+        if file.endswith('.safetensors'):
+            started.update(load_file(os.path.join(init, file)))
+    loaded = load_file(os.path.join(reference.hf_folder, 'ba1', 'model.safetensors'))
+    assert sorted(loaded) == sorted(started)
+    for name in started:
+        assert torch.equal(loaded[name], started[name]), name
+    # ... and training moved on from there (Composer's warmup gives batches 0 and 1 lr 0; batch 2 moves).
+    after = load_file(os.path.join(reference.hf_folder, 'ba3', 'model.safetensors'))
+    assert not torch.equal(after['transformer.wte.weight'], started['transformer.wte.weight'])
 
 
 def _foundry_model_from_checkpoint(checkpoint: str):
