@@ -11,7 +11,11 @@ directory". We give each run its own folder instead, shared by all local ranks o
 * single process: this pid plus a random suffix.
 
 The run's cache root is deleted when local rank 0 exits, so /tmp does not fill up run by run.
-Set FOUNDRY_DATA_CACHE to put the caches somewhere other than the temp directory.
+A run killed with SIGKILL cannot clean up, so local rank 0 also holds a lock on
+``ROOT/.owner.lock`` for its lifetime (the kernel drops it however the process dies) and, when
+a new run starts, removes every sibling cache root whose owner lock is free: the caches of
+killed runs. Set FOUNDRY_DATA_CACHE to put the caches somewhere other than the temp directory;
+bound each run's cache with the loader's ``cache_limit``.
 
 We deliberately do not call ``streaming.base.util.clean_stale_shared_memory()``: it unlinks
 every streaming shared-memory block on the machine without checking whether its owner is
@@ -21,6 +25,7 @@ alive, so it would corrupt a concurrently running job. Unique locals make it unn
 from __future__ import annotations
 
 import atexit
+import fcntl
 import getpass
 import hashlib
 import os
@@ -28,7 +33,7 @@ import shutil
 import tempfile
 import uuid
 
-__all__ = ['is_remote', 'run_cache_dir']
+__all__ = ['is_remote', 'run_cache_dir', 'remove_dead_caches']
 
 _REMOTE_SCHEMES = ('s3://', 'gs://', 'oci://', 'azure://', 'azure-dl://', 'dbfs:/', 'hf://',
                    'http://', 'https://', 'sftp://')
@@ -61,9 +66,49 @@ def _run_root() -> str:
         root = os.path.join(base, _run_token())
         os.makedirs(root, exist_ok=True)
         if int(os.environ.get('LOCAL_RANK', '0')) == 0:
+            _state['owner_fd'] = _hold_owner_lock(root)
             atexit.register(shutil.rmtree, root, True)
+            remove_dead_caches(base)
         _state['root'] = root
     return str(_state['root'])
+
+
+def _hold_owner_lock(root: str) -> int | None:
+    """Lock ROOT/.owner.lock for this process's lifetime (locked before it becomes visible)."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix='.owner-', dir=root)
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        os.replace(tmp, os.path.join(root, '.owner.lock'))
+        return fd
+    except OSError:
+        return None
+
+
+def remove_dead_caches(base: str) -> list[str]:
+    """Delete cache roots under ``base`` whose owning run is gone; return what was removed."""
+    removed = []
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return removed
+    for name in names:
+        root = os.path.join(base, name)
+        lock = os.path.join(root, '.owner.lock')
+        if root == _state.get('root') or not os.path.isfile(lock):
+            continue
+        try:
+            fd = os.open(lock, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # its run is alive
+        finally:
+            os.close(fd)
+        shutil.rmtree(root, ignore_errors=True)
+        removed.append(root)
+    return removed
 
 
 def _run_token() -> str:
