@@ -16,7 +16,7 @@ from foundry.data.cache_dir import run_cache_dir
 path = run_cache_dir('s3://bucket/data', 'train')
 os.makedirs(path)
 open(os.path.join(path, 'shard.00000.mds'), 'wb').write(b'x' * 1000)
-print(os.path.dirname(path), flush=True)
+print(path, flush=True)
 time.sleep(120)
 '''
 
@@ -26,7 +26,12 @@ def start(tmp_path):
     env.pop('LOCAL_RANK', None)
     proc = subprocess.Popen([sys.executable, '-c', OWN_CACHE], env=env, stdout=subprocess.PIPE,
                             text=True)
-    return proc, proc.stdout.readline().strip()
+    path = proc.stdout.readline().strip()
+    return proc, os.path.dirname(path)  # the run's cache root
+
+
+def _shards(root):
+    return [f for _, _, files in os.walk(root) for f in files if f.endswith('.mds')]
 
 
 def kill(proc):
@@ -37,7 +42,7 @@ def kill(proc):
 def test_cache_of_a_killed_run_is_removed_and_a_live_one_kept(tmp_path, monkeypatch):
     first, first_root = start(tmp_path)
     kill(first)
-    assert os.path.isfile(os.path.join(first_root, 'shard.00000.mds'))
+    assert _shards(first_root)
     live, live_root = start(tmp_path)  # a new run removes the killed run's cache
     try:
         assert not os.path.exists(first_root)
@@ -48,7 +53,7 @@ def test_cache_of_a_killed_run_is_removed_and_a_live_one_kept(tmp_path, monkeypa
         monkeypatch.setattr(cache_dir, '_state', {'root': None, 'count': 0})
         mine = cache_dir.run_cache_dir('s3://bucket/data', 'train')  # and so does this one
         assert not os.path.exists(second_root)
-        assert os.path.isfile(os.path.join(live_root, 'shard.00000.mds'))  # alive: kept
+        assert _shards(live_root)  # alive: kept
         assert os.path.dirname(mine) not in (first_root, second_root, live_root)
     finally:
         kill(live)
