@@ -37,7 +37,8 @@ def cmd_info(args: argparse.Namespace) -> int:
           f'max_duration: {cfg.max_duration}')
     for label, loader in (('train_loader', cfg.train_loader), ('eval_loader', cfg.eval_loader)):
         if loader is not None:
-            _print_streams(label, loader)
+            duration = cfg.max_duration if label == 'train_loader' else None
+            _print_streams(label, loader, duration, cfg.global_train_batch_size, seq_len)
     return 0
 
 
@@ -48,29 +49,14 @@ def cmd_export_hf(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_streams(label: str, loader: dict) -> None:
-    dataset = loader.get('dataset') or {}
-    streams = dataset.get('streams')
-    if not streams:
-        streams = {'(single)': {k: dataset.get(k) for k in ('remote', 'local', 'split')}}
-    explicit = [s.get('proportion') for s in streams.values() if s and s.get('proportion') is not None]
-    total = sum(explicit) if explicit else None
-    print(f'{label} streams:')
-    width = max(len(n) for n in streams)
-    for name, stream in streams.items():
-        stream = stream or {}
-        proportion = stream.get('proportion')
-        if proportion is not None:
-            weight = f'{proportion / total:.3f}' if total else f'{proportion}'
-        elif stream.get('repeat') is not None:
-            weight = f'repeat {stream["repeat"]}'
-        elif stream.get('choose') is not None:
-            weight = f'choose {stream["choose"]}'
-        else:
-            weight = 'by size'
-        where = stream.get('remote') or stream.get('local') or dataset.get('remote') or dataset.get('local')
-        split = stream.get('split') or dataset.get('split') or ''
-        print(f'  {name:<{width}}  weight {weight:>9}  {where}  {split}')
+def _print_streams(label: str, loader: dict, max_duration, global_batch_size: int,
+                  seq_len: int) -> None:
+    """Weight, size (where the index is reachable) and run epochs of every stream."""
+    from foundry.data.mixture import describe_mixture, format_mixture
+
+    report = describe_mixture(label, loader, max_duration=max_duration,
+                              global_batch_size=global_batch_size, seq_len=seq_len)
+    print(format_mixture(report, global_batch_size, seq_len, max_duration))
 
 
 def _human(n: int) -> str:
