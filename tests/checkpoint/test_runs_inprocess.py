@@ -165,3 +165,20 @@ def test_failed_checkpoint_upload_is_retried_then_reported_with_the_local_copy(t
     kept = LocalSaveFolder(local).checkpoints()
     assert kept and all(LocalSaveFolder(local).problem(r) is None for r in kept)
     assert report.endswith(', '.join(r.name for r in kept))
+
+
+def test_hf_checkpointer_precision_and_interval(tiny_data, tmp_path):  # noqa: F811
+    from safetensors import safe_open
+    from transformers import AutoConfig
+
+    hf = tmp_path / 'hf'
+    train_here(tiny_data, str(tmp_path), 'max_duration=3ba', f'callbacks.hf_checkpointer.save_folder={hf}/{{run_name}}',
+               'callbacks.hf_checkpointer.save_interval=2ba', 'callbacks.hf_checkpointer.precision=bf16')
+    # Every 2 batches and at the end of training; {run_name} filled in; no half-written folder left.
+    assert sorted(os.listdir(hf / 'tiny')) == ['ba2', 'ba3']
+    folder = hf / 'tiny' / 'ba3'
+    assert sorted(os.listdir(folder)) == ['config.json', 'model.safetensors', 'special_tokens_map.json',
+                                          'tokenizer.json', 'tokenizer_config.json']
+    with safe_open(str(folder / 'model.safetensors'), framework='pt') as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.bfloat16}
+    assert str(AutoConfig.from_pretrained(str(folder)).torch_dtype) == 'torch.bfloat16'
