@@ -12,7 +12,9 @@ Two implementations of the same loss (`model.loss_fn`):
 - `chunked_crossentropy` (`chunked_causal_lm_loss`): takes the final hidden states and the output
   embedding instead of logits, and walks the tokens in chunks of about `CHUNK_ELEMENTS / vocab`
   tokens. Each chunk's fp32 logits become its loss and, right away, its gradients with respect to
-  the hidden states and the embedding (softmax minus one-hot, two matmuls); only those gradients
+  the hidden states and the embedding (softmax minus one-hot, two matmuls), with one exp per
+  logit where log-softmax and its backward take two (on a CPU the exps, not the matmuls, are
+  most of the time of a large-vocabulary loss); only those gradients
   (the size of the hidden states and of the embedding) are kept for backward, which just scales
   them by the incoming gradient. Full-vocabulary logits exist one chunk at a time, and no matmul
   is recomputed: the FLOPs are those of the plain loss (one forward, two backward matmuls).
@@ -87,17 +89,23 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
                 logits = (hc @ wc.t()).float()
                 if scale is not None:
                     logits.mul_(scale)
-                lse = torch.logsumexp(logits, dim=-1)
                 tgt = safe_targets[start:end]
-                v = valid[start:end]
+                v = valid[start:end].to(logits.dtype)
                 target_logit = logits.gather(1, tgt[:, None]).squeeze(1)
+                # One exp over the chunk serves both the loss (log of the sum) and the gradient
+                # (the normalised exponentials), in place: the chunk's logits are the only big buffer.
+                row_max = logits.amax(dim=-1, keepdim=True)
+                exps = logits.sub_(row_max).exp_()
+                sum_exp = exps.sum(dim=-1)
+                lse = sum_exp.log() + row_max.squeeze(1)
                 loss_sum += ((lse - target_logit) * v).sum()
                 if need_h or need_w:
-                    # d(sum of token losses)/d(logits) = softmax - one_hot, zero on ignored rows.
-                    probs = logits.sub_(lse[:, None]).exp_()
-                    probs.scatter_add_(1, tgt[:, None], -torch.ones_like(lse)[:, None])
-                    probs.mul_(v[:, None].to(probs.dtype) * (1.0 if scale is None else scale))
-                    g = probs.to(dtype)
+                    # d(sum of token losses)/d(logits) = softmax - one_hot, zero on ignored rows
+                    # (and times the logit scale, for the gradient of the unscaled product).
+                    row_factor = v * (1.0 if scale is None else scale)
+                    g = exps.mul_((row_factor / sum_exp)[:, None])
+                    g.scatter_add_(1, tgt[:, None], -row_factor[:, None])
+                    g = g.to(dtype)
                     if need_h:
                         grad_h[start:end] = g @ wc
                     if need_w:
