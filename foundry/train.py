@@ -36,6 +36,9 @@ class RunPlan:
     device_train_microbatch_size: int | str
     device_eval_batch_size: int
     autoresume: bool
+    # amp_bf16 on CPU: Composer runs fp32 and the model runs its forward under torch.autocast
+    # ('cpu', bfloat16) itself (fp32 weights, gradients and optimizer state, as amp_bf16 on a GPU).
+    cpu_bf16_autocast: bool = False
 
 
 def plan_run(cfg: TrainConfig) -> RunPlan:
@@ -43,8 +46,14 @@ def plan_run(cfg: TrainConfig) -> RunPlan:
 
     device = 'gpu' if torch.cuda.is_available() else 'cpu'
     precision = cfg.precision
-    if device == 'cpu' and precision != 'fp32':
-        # Composer refuses AMP on CPU; an llm-foundry YAML (amp_bf16) should still run here.
+    cpu_bf16_autocast = False
+    if device == 'cpu' and precision == 'amp_bf16':
+        # Composer refuses AMP on CPU. bf16 autocast pays on CPUs with bf16 matmuls (AVX512-BF16/AMX):
+        # launch/bench/cpu_step_bench.py measures it. Composer runs fp32; the model autocasts itself.
+        log.info('precision amp_bf16 on CPU: Composer runs fp32, the model runs under torch.autocast(cpu, bfloat16)')
+        precision, cpu_bf16_autocast = 'fp32', True
+    elif device == 'cpu' and precision != 'fp32':
+        # Composer refuses AMP on CPU; an llm-foundry YAML should still run here.
         warnings.warn(f'precision {precision!r} needs a GPU; this CPU run uses fp32')
         precision = 'fp32'
 
@@ -77,6 +86,7 @@ def plan_run(cfg: TrainConfig) -> RunPlan:
         device_train_microbatch_size=microbatch,
         device_eval_batch_size=cfg.device_eval_batch_size or device_batch,
         autoresume=autoresume,
+        cpu_bf16_autocast=cpu_bf16_autocast,
     )
 
 
@@ -111,6 +121,8 @@ def train(cfg: TrainConfig):
     if cfg.fsdp_config is None or plan.device == 'cpu':
         # Composer's FSDP2 meta-init materialises on CUDA only; on CPU (and without FSDP) we do it here.
         materialize_meta_model(model, 'cuda' if plan.device == 'gpu' else 'cpu')
+    if plan.cpu_bf16_autocast:
+        model.cpu_autocast_dtype = torch.bfloat16
     if cfg.compile_config is not None:
         from foundry.distributed.compile import apply_compile
 
