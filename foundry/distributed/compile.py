@@ -1,4 +1,4 @@
-"""torch.compile per transformer block (`compile_config`) and CPU bf16 autocast for training.
+"""torch.compile per transformer block (`compile_config`).
 
 `compile_config` (top-level YAML key, llm-foundry's name) holds torch.compile keyword arguments:
 
@@ -22,7 +22,6 @@ block). `fsdp_config.activation_checkpointing: true` alone keeps llm-foundry's m
 
 from __future__ import annotations
 
-import contextlib
 import difflib
 from typing import Any, Optional
 
@@ -79,10 +78,3 @@ def apply_compile(model: nn.Module, compile_config: Optional[dict]) -> int:
             module._foundry_compiled = True
             n += 1
     return n
-
-
-def cpu_autocast(enabled: bool):
-    """bf16 autocast for CPU training steps (Composer refuses amp_bf16 on CPU)."""
-    if not enabled:
-        return contextlib.nullcontext()
-    return torch.autocast("cpu", dtype=torch.bfloat16)

@@ -19,6 +19,7 @@ the loss it already logs (`loss/train/total`) is that same cross-entropy. Eval m
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Mapping, Optional
 
 import torch
@@ -43,6 +44,9 @@ class ComposerMPTCausalLM(ComposerModel):
         self.config = config
         self.model = MPTForCausalLM(config)
         self.model.loss_fn = "chunked_crossentropy" if loss_fn == "chunked_crossentropy" else "torch_crossentropy"
+        # Set by the trainer for precision amp_bf16 on CPU (Composer refuses AMP there): forward runs
+        # under torch.autocast("cpu", this dtype). None = whatever precision context Composer sets.
+        self.cpu_autocast_dtype: Optional[torch.dtype] = None
         self.tokenizer = tokenizer
         # Counted once here (meta build) because flops_per_batch runs on every batch.
         self._matmul_params = matmul_parameters(config)
@@ -64,12 +68,13 @@ class ComposerMPTCausalLM(ComposerModel):
         Padding positions have -100 labels, so their outputs score nothing.
         """
         chunked = self.model.loss_fn == "chunked_crossentropy"
-        out = self.model(
-            input_ids=batch["input_ids"],
-            sequence_id=batch.get("sequence_id"),
-            labels=batch["labels"] if chunked else None,
-            use_cache=False,
-        )
+        with self._autocast(batch["input_ids"]):
+            out = self.model(
+                input_ids=batch["input_ids"],
+                sequence_id=batch.get("sequence_id"),
+                labels=batch["labels"] if chunked else None,
+                use_cache=False,
+            )
         return out if chunked else out.logits
 
     def loss(self, outputs: Any, batch: Mapping[str, torch.Tensor], *args, **kwargs) -> torch.Tensor:
@@ -82,8 +87,14 @@ class ComposerMPTCausalLM(ComposerModel):
         """Logits for the metrics (recomputed when training used the chunked loss, which has none)."""
         if isinstance(outputs, torch.Tensor):
             return outputs
-        out = self.model(input_ids=batch["input_ids"], sequence_id=batch.get("sequence_id"), use_cache=False)
+        with self._autocast(batch["input_ids"]):
+            out = self.model(input_ids=batch["input_ids"], sequence_id=batch.get("sequence_id"), use_cache=False)
         return out.logits
+
+    def _autocast(self, input_ids: torch.Tensor):
+        if self.cpu_autocast_dtype is None or input_ids.device.type != "cpu":
+            return contextlib.nullcontext()
+        return torch.autocast("cpu", dtype=self.cpu_autocast_dtype)
 
     def update_metric(self, batch: Mapping[str, torch.Tensor], outputs: torch.Tensor, metric: Metric) -> None:
         metric.update(outputs, shift_labels(batch["labels"]))

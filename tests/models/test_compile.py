@@ -82,3 +82,40 @@ def test_compiled_blocks_match_eager_with_checkpointing():
     for name, g in grads_e.items():
         torch.testing.assert_close(grads_c[name], g, atol=1e-5, rtol=1e-4, msg=name)
     assert list(compiled.state_dict()) == list(eager.state_dict())
+
+
+# ---------------------------------------------------------------- precision amp_bf16 on CPU
+def test_cpu_bf16_autocast_on_the_composer_model():
+    from foundry.models import ComposerMPTCausalLM
+
+    ids = make_ids(batch=2, seq=16)
+    batch = {"input_ids": ids, "labels": ids}
+    torch.manual_seed(0)
+    model = ComposerMPTCausalLM(tiny_config())
+    fp32 = model.loss(model(batch), batch)
+    model.cpu_autocast_dtype = torch.bfloat16
+    logits = model(batch)
+    assert logits.dtype == torch.bfloat16  # the matmuls ran in bf16
+    bf16 = model.loss(logits, batch)
+    bf16.backward()
+    assert all(p.grad.dtype == torch.float32 for p in model.parameters())  # fp32 master weights
+    assert bf16.item() != fp32.item() and abs(bf16.item() - fp32.item()) < 0.05
+    assert model.eval_forward(batch).dtype == torch.bfloat16
+
+
+def test_plan_run_makes_amp_bf16_on_cpu_our_autocast():
+    import warnings
+    from pathlib import Path
+
+    from foundry.config.load import load_config
+    from foundry.train import plan_run
+
+    tiny = str(Path(__file__).resolve().parents[1] / "fixtures" / "tiny.yaml")
+    plan = plan_run(load_config(tiny, ["precision=amp_bf16"]))
+    assert plan.precision == "fp32" and plan.cpu_bf16_autocast
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        plan = plan_run(load_config(tiny, ["precision=amp_fp16"]))
+    assert plan.precision == "fp32" and not plan.cpu_bf16_autocast
+    assert any("needs a GPU" in str(w.message) for w in caught)
+    assert not plan_run(load_config(tiny, [])).cpu_bf16_autocast  # tiny.yaml says fp32
