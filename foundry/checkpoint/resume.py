@@ -155,11 +155,17 @@ def finish_start(setup: CheckpointSetup, trainer) -> None:
                 'replayed)') if 'train' in state.dataset_resumption else 'the train loader will be replayed to this position'
         log.info('autoresume: resumed at batch %d (epoch %d, sample %d of the epoch); %s', batch,
                  int(state.timestamp.epoch), int(state.timestamp.sample_in_epoch), data)
+        _seed_rotation(trainer, start)
+    elif start.load_path is not None:
+        log.info('loaded %s from %s; training starts at batch %d',
+                 'model weights' if start.load_weights_only else 'the full training state', start.load_path,
+                 int(state.timestamp.batch))
+    if start.load_path is not None and not start.load_weights_only:
         rng = getattr(trainer, '_rng_state', None)
         if rng is not None and int(state.timestamp.batch_in_epoch) > 0 and 'train' in state.dataset_resumption:
-            setup.rng.pending = rng
+            setup.rng.pending = rng  # see ResumeRNG: Composer would never apply it on this path
             trainer._rng_state = None
-        _seed_rotation(trainer, start)
+
     saver = getattr(trainer, '_checkpoint_saver', None)
     if saver is not None and getattr(saver, 'remote_uploader', None) is not None:
         _report_upload_failures(saver, state.run_name, start.save_folder)
@@ -168,10 +174,7 @@ def finish_start(setup: CheckpointSetup, trainer) -> None:
         # How often Composer checks that a checkpoint's uploads landed before it moves the remote
         # latest-rank0.pt.symlink (Composer: every 30 s). Lower for short runs and tests.
         saver._symlink_upload_wait_before_next_try_in_seconds = float(poll)
-    elif start.load_path is not None:
-        log.info('loaded %s from %s; training starts at batch %d',
-                 'model weights' if start.load_weights_only else 'the full training state', start.load_path,
-                 int(state.timestamp.batch))
+
     if start.weights is not None:
         from foundry.checkpoint.weights import load_weights, weights_source
 

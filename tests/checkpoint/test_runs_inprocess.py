@@ -165,6 +165,7 @@ def test_failed_checkpoint_upload_is_retried_then_reported_with_the_local_copy(t
     kept = LocalSaveFolder(local).checkpoints()
     assert kept and all(LocalSaveFolder(local).problem(r) is None for r in kept)
     assert report.endswith(', '.join(r.name for r in kept))
+    shutil.rmtree(local[:-len('/tiny/ckpt')], ignore_errors=True)  # Composer's temporary folder for remote saves
 
 
 def test_hf_checkpointer_precision_and_interval(tiny_data, tmp_path):  # noqa: F811
@@ -182,3 +183,26 @@ def test_hf_checkpointer_precision_and_interval(tiny_data, tmp_path):  # noqa: F
     with safe_open(str(folder / 'model.safetensors'), framework='pt') as f:
         assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.bfloat16}
     assert str(AutoConfig.from_pretrained(str(folder)).torch_dtype) == 'torch.bfloat16'
+
+
+def test_load_path_full_state_or_weights_only(tiny_data, tmp_path, caplog):  # noqa: F811
+    caplog.set_level(logging.INFO, logger='foundry')
+    first = str(tmp_path / 'first')
+    train_here(tiny_data, first, 'fsdp_config.state_dict_type=full', 'max_duration=4ba')
+    checkpoint = f'{first}/checkpoints/ep0-ba2-rank0.pt'
+
+    # Full training state: continues at batch 2 exactly as the first run did (another save folder).
+    caplog.clear()
+    trainer = train_here(tiny_data, str(tmp_path / 'full'), 'fsdp_config.state_dict_type=full', 'max_duration=4ba',
+                         f'load_path={checkpoint}')
+    assert f'loaded the full training state from {checkpoint}; training starts at batch 2' in caplog.text
+    expected = train_losses(first)
+    assert train_losses(str(tmp_path / 'full')) == {2: expected[2], 3: expected[3]}
+    assert int(trainer.state.timestamp.batch) == 4
+
+    # Weights only: batch 0 again, from those weights.
+    caplog.clear()
+    trainer = train_here(tiny_data, str(tmp_path / 'weights'), 'fsdp_config.state_dict_type=full', 'max_duration=1ba',
+                         f'load_path={checkpoint}', 'load_weights_only=true')
+    assert f'loaded model weights from {checkpoint}; training starts at batch 0' in caplog.text
+    assert sorted(train_losses(str(tmp_path / 'weights'))) == [0]
