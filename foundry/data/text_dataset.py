@@ -202,6 +202,8 @@ class StreamingTextDataset(StreamingDataset):
     def __iter__(self):
         try:
             yield from super().__iter__()
+        except GeneratorExit:  # closed early (or at interpreter exit): nothing to report
+            raise
         except DataError:
             raise
         except RuntimeError as err:
@@ -238,8 +240,11 @@ class StreamingTextDataset(StreamingDataset):
                          f'{type(error).__name__}: {str(error).rstrip(".")}.{hint}')
 
     def __del__(self) -> None:
-        if getattr(self, '_claimed', None) is not None:
-            shm_guard.release_prefix(self._claimed)
+        try:
+            if getattr(self, '_claimed', None) is not None:
+                shm_guard.release_prefix(self._claimed)
+        except Exception:  # at interpreter exit module globals may already be gone
+            pass
         parent = getattr(super(), '__del__', None)
         if parent is not None:
             parent()
