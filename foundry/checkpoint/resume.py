@@ -313,12 +313,16 @@ def _report_upload_failures(saver, run_name: str, remote: Optional[str]) -> None
 
     uploader = saver.remote_uploader
     local = format_name_with_dist(saver.folder, run_name)
+    reported = []
 
     def reporting(method):
         def wrapper(*args, **kwargs):
             try:
                 return method(*args, **kwargs)
             except Exception as e:
+                if reported:  # Composer asks again while closing; one report is enough
+                    raise
+                reported.append(e)
                 kept = sorted(r.name for r in LocalSaveFolder(local).checkpoints()) if os.path.isdir(local) else []
                 log.error('checkpoint upload to %s failed after retries (%s: %s). Training stops; the checkpoints '
                           'written so far are kept on local disk in %s: %s', remote, type(e).__name__, e, local,

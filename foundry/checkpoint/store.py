@@ -20,8 +20,8 @@ UPLOAD_ATTEMPTS = int(os.environ.get('FOUNDRY_UPLOAD_ATTEMPTS', '4'))
 UPLOAD_FIRST_WAIT_S = float(os.environ.get('FOUNDRY_UPLOAD_FIRST_WAIT_S', '1.0'))
 
 
-class UploadError(CheckpointError):
-    """An upload that failed on every attempt."""
+class UploadError(RuntimeError):
+    """An upload that failed on every attempt (not a config error: the run stops with a traceback)."""
 
 
 def object_store_for(uri: str):
