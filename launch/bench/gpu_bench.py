@@ -12,6 +12,7 @@ configuration for every implementation:
   foundry-sdpa  foundry's MPTForCausalLM, attn_impl 'torch' (SDPA with one shared ALiBi bias),
                 loss_fn chunked_crossentropy
   foundry-flex  the same with attn_impl 'flex' (compiled flex_attention, ALiBi score_mod)
+  foundry-compiled  foundry-flex with compile_config {} (torch.compile of every block)
   hf            transformers' MptForCausalLM with the same config (its eager attention, its loss)
 
 Prints tokens/s, MFU against 989 TFLOP/s (H100 SXM / H200 dense bf16; llm-foundry's formula,
@@ -62,10 +63,14 @@ def build(impl: str, spec: dict, seq: int, device: torch.device):
         cfg = MPTConfig(d_model=spec["d_model"], n_heads=spec["n_heads"], n_layers=spec["n_layers"],
                         expansion_ratio=4, max_seq_len=seq, vocab_size=spec["vocab_size"], no_bias=True,
                         norm_type="low_precision_layernorm", init_device=str(device), tokenizer_name=None,
-                        attn_config={"attn_impl": "flex" if impl == "foundry-flex" else "torch",
+                        attn_config={"attn_impl": "torch" if impl == "foundry-sdpa" else "flex",
                                      "alibi": True, "alibi_bias_max": 8})
         model = MPTForCausalLM(cfg)
         model.loss_fn = "chunked_crossentropy"
+        if impl == "foundry-compiled":
+            from foundry.distributed.compile import apply_compile
+
+            apply_compile(model, {})  # compile_config: {} (torch.compile per block, defaults)
         return model
     from transformers import MptConfig, MptForCausalLM
 
@@ -125,7 +130,7 @@ def run(impl: str, spec: dict, seq: int, batch: int, steps: int, warmup: int, de
     mfu = flops_per_batch(spec, seq, batch) * steps / seconds / PEAK_BF16
     out = {"impl": impl, "batch": batch, "params": n_params, "tokens_per_s": tokens_per_s, "mfu": mfu,
            "step_ms": seconds / steps * 1000, "warmup_s": warmup_s, "peak_gib": peak_mem,
-           "loss": float(loss)}
+           "loss": float(loss.detach())}
     del model, params, exp_avgs
     gc.collect()
     if device.type == "cuda":
@@ -199,6 +204,8 @@ def main(argv=None) -> int:
     p.add_argument("--smoke", action="store_true", help="tiny model, seq 128, 2 steps (any device)")
     p.add_argument("--json", help="write the results here too")
     p.add_argument("--no-check", action="store_true", help="skip the flex-vs-SDPA kernel check")
+    p.add_argument("--loss-chunk-elements", type=int,
+                   help="logits per chunk of foundry's chunked loss (default: foundry.models.mpt.loss.CHUNK_ELEMENTS)")
     args = p.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if args.smoke:
@@ -208,6 +215,10 @@ def main(argv=None) -> int:
     name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
     print(f"device {name}; torch {torch.__version__}; transformers {transformers.__version__}; "
           f"seq {args.seq}; bf16 autocast, fp32 master weights, LION", flush=True)
+    if args.loss_chunk_elements:
+        import foundry.models.mpt.loss as loss_module
+
+        loss_module.CHUNK_ELEMENTS = args.loss_chunk_elements
     if not args.no_check:
         check_kernels(device)
     results = []

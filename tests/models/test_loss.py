@@ -107,8 +107,10 @@ def test_no_full_vocabulary_logits_exist():
 
 
 def test_default_chunk_size():
-    assert chunk_tokens_for(50432) == 166
+    assert chunk_tokens_for(50432) == 166  # CPU: 2^23 logits per chunk
+    assert chunk_tokens_for(50432, device_type="cuda") == 2661  # GPU: 2^27
     assert chunk_tokens_for(8) == 2 ** 20
+    assert chunk_tokens_for(8, chunk_elements=64) == 8
 
 
 # ---------------------------------------------------------------- through the model and the builder

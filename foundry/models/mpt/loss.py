@@ -10,8 +10,8 @@ Two implementations of the same loss (`model.loss_fn`):
   logits, their fp32 log-softmax and its gradient are each (tokens x vocab): with MPT's 50k vocab
   they dwarf every other activation of a small model.
 - `chunked_crossentropy` (`chunked_causal_lm_loss`): takes the final hidden states and the output
-  embedding instead of logits, and walks the tokens in chunks of about `CHUNK_ELEMENTS / vocab`
-  tokens. Each chunk's fp32 logits become its loss and, right away, its gradients with respect to
+  embedding instead of logits, and walks the tokens in chunks of about 2^23 (CPU) or 2^27 (GPU)
+  logits. Each chunk's fp32 logits become its loss and, right away, its gradients with respect to
   the hidden states and the embedding (softmax minus one-hot, two matmuls), with one exp per
   logit where log-softmax and its backward take two (on a CPU the exps, not the matmuls, are
   most of the time of a large-vocabulary loss); only those gradients
@@ -28,9 +28,14 @@ import torch
 import torch.nn.functional as F
 
 IGNORE_INDEX = -100
-# Elements of one chunk's fp32 logits (2^23 = 32 MiB): large enough for efficient matmuls,
-# small next to the full (tokens x vocab) logits of a real batch.
-CHUNK_ELEMENTS = 2 ** 23
+# Elements of one chunk's fp32 logits, by device: on CPU 2^23 (32 MiB; not tuned: timings on the
+# shared development machine were too noisy to rank 2^22..2^25), on a GPU 2^27 (512 MiB: fewer,
+# larger kernels; on an H200, mpt-125m at seq 2048 ran 46% faster than with 2^23, see
+# launch/bench/gpu_bench.py --loss-chunk-elements). Either is small next to the full
+# (tokens x vocab) logits of a real batch. CHUNK_ELEMENTS, when set, overrides both.
+CPU_CHUNK_ELEMENTS = 2 ** 23
+GPU_CHUNK_ELEMENTS = 2 ** 27
+CHUNK_ELEMENTS: Optional[int] = None
 
 
 def shift_labels(labels: torch.Tensor) -> torch.Tensor:
@@ -46,7 +51,9 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX)
 
 
-def chunk_tokens_for(vocab_size: int, chunk_elements: int = CHUNK_ELEMENTS) -> int:
+def chunk_tokens_for(vocab_size: int, chunk_elements: Optional[int] = None, device_type: str = "cpu") -> int:
+    if chunk_elements is None:
+        chunk_elements = CHUNK_ELEMENTS or (CPU_CHUNK_ELEMENTS if device_type == "cpu" else GPU_CHUNK_ELEMENTS)
     return max(1, chunk_elements // vocab_size)
 
 
@@ -59,7 +66,7 @@ def chunked_causal_lm_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: t
     (the tied `wte.weight`); labels: (batch, seq), unshifted, -100 where ignored.
     """
     targets = shift_labels(labels).flatten()
-    chunk = chunk_tokens or chunk_tokens_for(weight.shape[0])
+    chunk = chunk_tokens or chunk_tokens_for(weight.shape[0], device_type=hidden.device.type)
     return _ChunkedLinearCrossEntropy.apply(hidden.flatten(0, 1), weight, targets, logit_scale, chunk)
 
 
