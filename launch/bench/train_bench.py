@@ -23,7 +23,9 @@ and both log at python_log_level info (llm-foundry's default, debug, prints per 
 loss_fn chunked_crossentropy (--foundry-loss to change). llm-foundry computes training metrics
 (cross-entropy, perplexity, token accuracy) over the full logits on every batch by default; foundry
 does not (its loss is that cross-entropy). The `llmf-notm` row, on by default, is llm-foundry with
-`model.use_train_metrics: false`, to show how much of the gap that is.
+`model.use_train_metrics: false`, to show how much of the gap that is. `--foundry-bf16` adds a
+foundry row at precision amp_bf16 (foundry's own CPU autocast; llm-foundry has no equivalent, so
+that row is not at equal precision).
 
 Measured from outside, the same way for both: per-batch console lines (`[batch=k/N]`, console
 log interval 1 batch) are timestamped as they arrive.
@@ -104,7 +106,8 @@ def model_section(c: dict, side: str, loss_fn: str, use_train_metrics: Optional[
 
 
 def yaml_config(config: str, side: str, tokenizer: Path, data: Path, batches: int, run_dir: Path,
-                foundry_loss: str, use_train_metrics: Optional[bool] = None, fsdp_ddp: bool = False) -> dict:
+                foundry_loss: str, use_train_metrics: Optional[bool] = None, fsdp_ddp: bool = False,
+                precision: str = "fp32") -> dict:
     c = CONFIGS[config]
     loss_fn = foundry_loss if side == "foundry" else "torch_crossentropy"
     cfg = {
@@ -122,7 +125,7 @@ def yaml_config(config: str, side: str, tokenizer: Path, data: Path, batches: in
         "global_train_batch_size": c["batch"],
         "device_train_microbatch_size": c["batch"] // c["nproc"],
         "device_eval_batch_size": c["batch"] // c["nproc"],
-        "precision": "fp32",
+        "precision": precision,
         "seed": 17,
         "progress_bar": False,
         "log_to_console": True,
@@ -207,7 +210,8 @@ def measure(side: str, config: str, args, peak_flops: float, llmf_python: Path, 
     data = bench_data.random_mds(c["vocab"], c["seq"], n_samples)
     run_dir = Path(tempfile.mkdtemp(prefix=f"bench-{side}-{config}-", dir=args.work))
     cfg = yaml_config(config, variant["trainer"], tokenizer, data, args.batches, run_dir, args.foundry_loss,
-                      variant.get("use_train_metrics"), fsdp_ddp=variant.get("fsdp_ddp", False))
+                      variant.get("use_train_metrics"), fsdp_ddp=variant.get("fsdp_ddp", False),
+                      precision=variant.get("precision", "fp32"))
     yaml_path = run_dir / "config.yaml"
     import yaml
 
@@ -264,14 +268,14 @@ def print_table(config: str, by_side: dict[str, list[Result]], baseline: str, pe
     print(f"\n== config ({config}): d_model {c['d_model']}, {c['n_layers']} layers, {c['n_heads']} heads, "
           f"seq {c['seq']}, vocab {c['vocab']:,}, batch {c['batch']}, {c['nproc']} process(es)"
           f"{', FSDP' if c['fsdp'] else ''}, fp32; CPU peak {peak / 1e9:.1f} GFLOP/s")
-    head = f"{'side':<12}{'tokens/s':>11}{'MFU':>8}{'first batch s':>15}{'peak RSS MiB':>14}{'runs':>6}  loads"
+    head = f"{'side':<13}{'tokens/s':>11}{'MFU':>8}{'first batch s':>15}{'peak RSS MiB':>14}{'runs':>6}  loads"
     print(head)
     base = by_side.get(baseline, [])
     for side, results in by_side.items():
         ok = [r for r in results if r.ok]
         loads = ",".join(r.load for r in results)
         notes = "; ".join(r.note for r in results if r.note)
-        print(f"{side:<12}{median(results, 'tokens_per_sec'):>11.0f}{median(results, 'mfu') * 100:>7.2f}%"
+        print(f"{side:<13}{median(results, 'tokens_per_sec'):>11.0f}{median(results, 'mfu') * 100:>7.2f}%"
               f"{median(results, 'first_batch_sec'):>15.1f}{median(results, 'peak_rss_mib'):>14.0f}"
               f"{len(ok):>4}/{len(results)}  {loads}{'  ' + notes if notes else ''}")
     for side, results in by_side.items():
@@ -293,6 +297,9 @@ def main(argv=None) -> int:
                    choices=["chunked_crossentropy", "torch_crossentropy"])
     p.add_argument("--no-llmf-notm", action="store_true", help="skip llm-foundry with use_train_metrics: false")
     p.add_argument("--llmf-b-ddp", action="store_true", help="run llm-foundry's (b) with DDP instead of FSDP2")
+    p.add_argument("--foundry-bf16", action="store_true",
+                   help="add a foundry row with precision amp_bf16 (CPU autocast; not equal precision: "
+                        "llm-foundry cannot run amp_bf16 on CPU)")
     p.add_argument("--timeout", type=float, default=1800)
     p.add_argument("--work", default=str(REPO / ".bench" / "train_bench" / "runs"))
     p.add_argument("--show-yaml", action="store_true")
@@ -311,6 +318,8 @@ def main(argv=None) -> int:
     variants = {"foundry": {"trainer": "foundry"}, "llm-foundry": {"trainer": "llm-foundry"}}
     if not args.no_llmf_notm:
         variants["llmf-notm"] = {"trainer": "llm-foundry", "use_train_metrics": False}
+    if args.foundry_bf16:
+        variants["foundry-bf16"] = {"trainer": "foundry", "precision": "amp_bf16"}
     all_results = []
     base_batches = args.batches
     for config in args.configs.split(","):
