@@ -37,7 +37,8 @@ log interval 1 batch) are timestamped as they arrive.
                  every 50 ms (launcher included)
   MFU            model FLOPs (llm-foundry's formula, foundry.models.flops) per second, over the
                  CPU's fp32 GEMM peak measured here once before the runs (all cores)
-Runs alternate between the trainers, `--repeats` times; the table shows the median of repeats,
+Each run gets its own TMPDIR (both trainers; see run setup). Runs alternate between the
+trainers, `--repeats` times; the table shows the median of repeats,
 and the load average seen before each run. Other engineers share this machine's cores: compare
 numbers from one invocation only.
 """
@@ -225,6 +226,11 @@ def measure(side: str, config: str, args, peak_flops: float, llmf_python: Path, 
                 "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                 "WANDB_MODE": "disabled", "MLFLOW_TRACKING_URI": "", "PYTHONWARNINGS": "ignore"})
     env.pop("VIRTUAL_ENV", None)
+    # A temp folder per run, for both trainers: streaming keeps file locks there, and foundry's
+    # machine-wide registration lock (foundry/data/shm_guard.py) lives there too. With the shared
+    # /tmp, foundry runs waited minutes behind other people's test jobs holding that lock.
+    (run_dir / "tmp").mkdir(exist_ok=True)
+    env["TMPDIR"] = str(run_dir / "tmp")
     if variant["trainer"] == "foundry":
         composer = REPO / ".venv" / "bin" / "composer"
         cmd = [str(composer), "-n", str(c["nproc"]), str(REPO / "launch" / "train.py"), str(yaml_path)]
