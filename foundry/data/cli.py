@@ -128,7 +128,7 @@ def run_conversion(args: argparse.Namespace, make_source: Callable[[int], object
     ``make_source(part_bytes)`` returns a ``foundry.data.sources.Source``.
     """
     from foundry.data.convert import convert
-    from foundry.data.tokenizer import build_tokenizer
+    from foundry.data.tokenizer import load_for_conversion
 
     try:
         kwargs = json.loads(args.tokenizer_kwargs) if args.tokenizer_kwargs else None
@@ -137,7 +137,7 @@ def run_conversion(args: argparse.Namespace, make_source: Callable[[int], object
                             '\'{"model_max_length": 2048}\'.')
         if args.workers is not None and args.workers < 0:
             raise DataError(f'--workers must be >= 0, got {args.workers}.')
-        tokenizer = build_tokenizer(args.tokenizer, kwargs)
+        tokenizer = load_for_conversion(args.tokenizer, kwargs)
         source = make_source(parse_size(args.part_size))
         convert(source, output_dir(args.out_root, args.split), tokenizer, args.concat_tokens,
                 bos_text=args.bos_text, eos_text=args.eos_text, no_wrap=args.no_wrap,

@@ -39,16 +39,19 @@ from collections import deque
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Iterator
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-from streaming import MDSWriter
-from streaming.base.compression import get_compressions, is_compression
 from tqdm import tqdm
-from transformers import PreTrainedTokenizerBase
 
 from foundry.data import objstore
 from foundry.data.encode_worker import Encoded, Encoder, init_worker, run_task
 from foundry.data.errors import DataError
+from foundry.data.mds_writer import TokenShardWriter, compression_module
 from foundry.data.sources import IterableSource, Part, Source
+
+if TYPE_CHECKING:  # transformers is not imported at run time: conversion starts in a blink
+    from transformers import PreTrainedTokenizerBase
 
 __all__ = ['ConversionSummary', 'convert', 'convert_documents', 'token_dtype_for',
            'resolve_eos_ids', 'default_workers', 'MANIFEST', 'FORMAT']
@@ -214,9 +217,9 @@ def convert(source: Source,
     start = time.perf_counter()
     if not isinstance(concat_tokens, int) or isinstance(concat_tokens, bool) or concat_tokens < 1:
         raise DataError(f'concat_tokens must be a positive integer, got {concat_tokens!r}.')
-    if compression is not None and not is_compression(compression):
+    if compression is not None and not compression_module().is_compression(compression):
         raise DataError(f'unknown compression {compression!r}; choose one of '
-                        f'{sorted(get_compressions())} or leave it unset.')
+                        f'{sorted(compression_module().get_compressions())} or leave it unset.')
     if workers is not None and (not isinstance(workers, int) or workers < 0):
         raise DataError(f'workers must be a non-negative integer, got {workers!r}.')
 
@@ -489,8 +492,7 @@ class _PartWriter:
         self.out = out
         self.path = out.part_path(index)
         objstore.delete_tree(self.path)  # leftovers of an interrupted attempt
-        self.writer = MDSWriter(out=self.path, columns={TOKENS_COLUMN: f'ndarray:{dtype.name}'},
-                                compression=compression, size_limit=size_limit)
+        self.writer = TokenShardWriter(self.path, dtype, compression, size_limit)
         self.documents = self.empty = self.input_bytes = 0
         self.invalid_utf8: dict[str, list[int]] = {}
 
@@ -503,7 +505,7 @@ class _PartWriter:
             entry[0] += count
         write = self.writer.write
         for sample in cutter.add(encoded):
-            write({TOKENS_COLUMN: sample})
+            write(sample)
 
     def finish(self, cutter: _SampleCutter) -> dict:
         self.writer.finish()
@@ -520,7 +522,7 @@ class _PartWriter:
 
     def abandon(self) -> None:
         try:
-            self.writer.cancel_future_jobs()
+            self.writer.cancel()
         except Exception:
             pass
         try:

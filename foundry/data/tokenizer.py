@@ -12,11 +12,14 @@ import os
 import re
 from typing import Any
 
-from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+from typing import TYPE_CHECKING
 
 from foundry.data.errors import DataError
 
-__all__ = ['build_tokenizer', 'looks_like_local_path']
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+__all__ = ['build_tokenizer', 'looks_like_local_path', 'TokenizerFile', 'load_for_conversion']
 
 # Spellings of special tokens used by common tokenizer families, in order of preference.
 _EOS_CANDIDATES = ('<|endoftext|>', '</s>', '<|end_of_text|>', '<eos>')
@@ -84,6 +87,8 @@ def build_tokenizer(name: str, kwargs: dict[str, Any] | None = None) -> PreTrain
 
 
 def _from_pretrained(name: str, kwargs: dict[str, Any], what: str) -> PreTrainedTokenizerBase:
+    from transformers import AutoTokenizer
+
     try:
         return AutoTokenizer.from_pretrained(name, **kwargs)
     except (OSError, ValueError) as err:
@@ -93,6 +98,8 @@ def _from_pretrained(name: str, kwargs: dict[str, Any], what: str) -> PreTrained
 
 
 def _from_tokenizer_file(path: str, kwargs: dict[str, Any]) -> PreTrainedTokenizerFast:
+    from transformers import PreTrainedTokenizerFast
+
     try:
         tokenizer = PreTrainedTokenizerFast(tokenizer_file=path, **kwargs)
     except Exception as err:  # the Rust loader raises its own Exception type
@@ -122,3 +129,69 @@ def _first_present(candidates: tuple[str, ...], vocab: dict[str, int]) -> str | 
             return token
     return None
 
+
+
+class TokenizerFile:
+    """A tokenizer.json loaded with the Rust ``tokenizers`` library alone.
+
+    Conversion needs only ids, the special-token roles and the size; loading through
+    transformers costs seconds of imports on every conversion. The roles are guessed exactly as
+    :func:`build_tokenizer` guesses them for a bare tokenizer.json (the tests check both agree),
+    so the two are interchangeable for ``foundry.data.convert``.
+    """
+
+    is_fast = True
+
+    def __init__(self, path: str) -> None:
+        from tokenizers import Tokenizer
+
+        try:
+            self.backend_tokenizer = Tokenizer.from_file(path)
+        except Exception as err:  # the Rust loader raises its own Exception type
+            raise DataError(f'could not read tokenizer file {path!r}: {err}. It must be a '
+                            'tokenizer.json written by the `tokenizers` library.') from err
+        self.name_or_path = path
+        vocab = self.backend_tokenizer.get_vocab(with_added_tokens=True)
+        self.eos_token = _first_present(_EOS_CANDIDATES, vocab)
+        self.bos_token = _first_present(_BOS_CANDIDATES, vocab)
+        self.unk_token = _first_present(_UNK_CANDIDATES, vocab)
+        self.pad_token = _first_present(_PAD_CANDIDATES, vocab)
+        if self.eos_token == _ALL_ROLES_TOKEN:
+            self.bos_token = self.bos_token or _ALL_ROLES_TOKEN
+            self.unk_token = self.unk_token or _ALL_ROLES_TOKEN
+        self.pad_token = self.pad_token or self.eos_token
+        self._size = self.backend_tokenizer.get_vocab_size(with_added_tokens=True)
+
+    def _id(self, token: str | None) -> int | None:
+        return None if token is None else self.backend_tokenizer.token_to_id(token)
+
+    @property
+    def eos_token_id(self) -> int | None:
+        return self._id(self.eos_token)
+
+    @property
+    def bos_token_id(self) -> int | None:
+        return self._id(self.bos_token)
+
+    @property
+    def pad_token_id(self) -> int | None:
+        return self._id(self.pad_token)
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __call__(self, text, add_special_tokens: bool = True, **_: Any) -> dict:
+        if isinstance(text, str):
+            ids = self.backend_tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
+        else:
+            ids = [e.ids for e in self.backend_tokenizer.encode_batch(
+                list(text), add_special_tokens=add_special_tokens)]
+        return {'input_ids': ids}
+
+
+def load_for_conversion(name: str, kwargs: dict[str, Any] | None = None):
+    """A bare tokenizer.json file loads without transformers; everything else through it."""
+    path = os.path.expanduser(name) if isinstance(name, str) else name
+    if not kwargs and isinstance(path, str) and os.path.isfile(path):
+        return TokenizerFile(path)
+    return build_tokenizer(name, kwargs)

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -136,7 +137,9 @@ from foundry.data.text_dataset import StreamingTextDataset
 ds = StreamingTextDataset(remote=sys.argv[1], local=sys.argv[2], max_seq_len=16, batch_size=1)
 print(ds._shm_prefix_int, flush=True)
 if sys.argv[3] == 'die':
-    os.kill(os.getpid(), signal.SIGKILL)  # no cleanup of any kind, like an OOM kill
+    # The whole process group, so Python's resource tracker cannot unlink anything either:
+    # no cleanup of any kind, as when a job's cgroup is OOM-killed or a node is preempted.
+    os.killpg(os.getpgid(0), signal.SIGKILL)
 time.sleep(120)
 '''
 
@@ -144,11 +147,23 @@ time.sleep(120)
 def hold(url, local, mode):
     return subprocess.Popen([sys.executable, '-c', HOLD, url, str(local), mode],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, 'PYTHONPATH': REPO})
+                            start_new_session=True,
+                            env={**os.environ, 'PYTHONPATH': REPO, 'TMPDIR': tempfile.gettempdir()})
+
+
+@pytest.fixture
+def private_tmp(tmp_path, monkeypatch):
+    """Owner locks and streaming filelocks in a private temp dir, so that foundry processes
+    of other users of this machine (which clean dead prefixes they own locks for) leave the
+    test's killed run alone."""
+    folder = tmp_path / 'tmp'
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, 'tempdir', str(folder))
+    return folder
 
 
 def test_shared_memory_left_by_a_killed_run_does_not_block_the_next(remote, tmp_path,
-                                                                    tiny_tokenizer):
+                                                                    tiny_tokenizer, private_tmp):
     local = tmp_path / 'cache'
     proc = hold(remote, local, 'die')
     prefix = int(proc.stdout.readline())
@@ -160,7 +175,7 @@ def test_shared_memory_left_by_a_killed_run_does_not_block_the_next(remote, tmp_
     assert all_ids(ds) == stream[:len(stream) // 16 * 16]
 
 
-def test_local_folder_of_a_live_run_is_a_clear_error(remote, tmp_path):
+def test_local_folder_of_a_live_run_is_a_clear_error(remote, tmp_path, private_tmp):
     local = tmp_path / 'cache'
     proc = hold(remote, local, 'live')
     try:

@@ -144,9 +144,16 @@ def test_two_concurrent_runs_on_one_machine_same_remote_no_local(s3_mixture, tin
     assert not any(os.scandir(caches))  # each run's private cache was removed at exit
 
 
-def test_a_run_after_a_killed_run_with_the_same_local_cache(s3_mixture, tiny_data, tmp_path):
+def test_a_run_after_a_killed_run_with_the_same_local_cache(s3_mixture, tiny_data, tmp_path,
+                                                            monkeypatch):
     cache = tmp_path / 'cache'
     trace = tmp_path / 'trace'
+    # Owner locks in a private temp dir: foundry processes of other users of this machine clean
+    # dead runs they can see, and must not clean this one before the test looks at it.
+    private = tmp_path / 'tmp'
+    private.mkdir()
+    monkeypatch.setenv('TMPDIR', str(private))
+    monkeypatch.setattr('tempfile.tempdir', str(private))
     args = overrides(tiny_data, tmp_path, f'train_loader.dataset.streams.alpha.local={cache}/a',
                      f'train_loader.dataset.streams.beta.local={cache}/b',
                      'max_duration=6ba', 'global_train_batch_size=8',

@@ -1,0 +1,264 @@
+"""Conversion speed: foundry vs llm-foundry 0.22.0's convert_dataset_json, same corpus, same machine.
+
+    python launch/bench/convert_bench.py [--mb 40] [--workers auto] [--skip_llmfoundry]
+
+1. Writes a deterministic JSONL corpus of about --mb MB (default 40) under .bench/: the demo
+   corpus (stdlib docstrings and sources) cut into 200-6,000 character documents, shuffled
+   with a fixed seed and repeated until the size is reached.
+2. Creates .bench/llmfoundry-venv (once, shared with the other benchmarks and reused) with
+   a plain `pip install llm-foundry==0.22.0` (several GB, 3-5 minutes the first time).
+3. Converts the corpus with the GPT-NeoX-20B tokenizer, concat 2048, --eos_text
+   '<|endoftext|>' (llm-foundry's default eos_text is empty), no compression:
+   foundry in each tokenization mode (worker processes, in-process threads), then llm-foundry.
+   Each run is a fresh subprocess timed from start to exit (imports included); llm-foundry's
+   Hugging Face datasets cache is a fresh temporary folder, so nothing is reused between runs.
+4. Prints wall times, tokens/s, the speed-up, the machine load, and checks that both wrote the
+   same token stream: decodes every sample of both outputs (foundry uint16, llm-foundry
+   int32/uint32) and compares the concatenated id sequences and the sample boundaries.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BENCH = os.path.join(REPO, '.bench')
+VENV = os.path.join(BENCH, 'llmfoundry-venv')
+NEOX = os.path.join(os.path.dirname(REPO), 'shared', 'tokenizers', 'gpt-neox-20b',
+                    'tokenizer.json')
+if not os.path.isfile(NEOX):
+    NEOX = '/work/shared/tokenizers/gpt-neox-20b/tokenizer.json'
+LLMFOUNDRY = 'llm-foundry==0.22.0'
+EOS = '<|endoftext|>'
+SEQ = 2048
+
+
+def make_corpus(path: str, megabytes: float, seed: int = 17) -> tuple[int, int]:
+    """Deterministic JSONL corpus; returns (documents, bytes)."""
+    sys.path.insert(0, REPO)
+    from foundry.data.demo_corpus import write_demo_corpus
+
+    source_dir = os.path.join(BENCH, 'demo-corpus')
+    if not all(os.path.isfile(os.path.join(source_dir, f'{n}.jsonl')) for n in ('english', 'code')):
+        write_demo_corpus(source_dir, 20_000_000)
+    texts = []
+    for name in ('english', 'code'):
+        with open(os.path.join(source_dir, f'{name}.jsonl'), encoding='utf-8') as f:
+            texts.extend(json.loads(line)['text'] for line in f)
+    rng = random.Random(seed)
+    pieces = []
+    for text in texts:  # documents of 200-6,000 characters, cut at paragraph breaks
+        current, target = '', rng.randint(200, 6000)
+        for paragraph in text.split('\n\n'):
+            current += paragraph + '\n\n'
+            if len(current) > target:
+                pieces.append(current)
+                current, target = '', rng.randint(200, 6000)
+        if current.strip():
+            pieces.append(current)
+    target_bytes = int(megabytes * 1e6)
+    written = docs = 0
+    tmp = path + '.tmp'
+    with open(tmp, 'w', encoding='utf-8') as f:
+        round_ = 0
+        while written < target_bytes:
+            order = list(range(len(pieces)))
+            rng.shuffle(order)
+            for i in order:
+                line = json.dumps({'text': pieces[i], 'id': f'{round_}-{i}'}) + '\n'
+                f.write(line)
+                written += len(line.encode())
+                docs += 1
+                if written >= target_bytes:
+                    break
+            round_ += 1
+    os.replace(tmp, path)
+    return docs, written
+
+
+def ensure_llmfoundry_venv() -> str:
+    """The bench venv's python with llm-foundry 0.22.0, built once and shared.
+
+    Same protocol as the repository's other benchmarks: build under an exclusive flock on
+    .bench/llmfoundry-venv.lock, and count the venv as ready only once .ready exists (written
+    after an import check), so a concurrent or interrupted build is never half-used.
+    """
+    import fcntl
+    import venv
+
+    python = os.path.join(VENV, 'bin', 'python')
+    ready = os.path.join(VENV, '.ready')
+    with open(os.path.join(BENCH, 'llmfoundry-venv.lock'), 'w') as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # waits while another benchmark builds it
+        try:
+            if os.path.isfile(ready):
+                return python
+            print(f'[bench] creating {VENV} and installing {LLMFOUNDRY} (several GB, a few '
+                  'minutes, once)', flush=True)
+            start = time.time()
+            if not os.path.isfile(python):
+                venv.EnvBuilder(with_pip=True).create(VENV)
+            pip = [python, '-m', 'pip']
+            subprocess.run(pip + ['install', '-q', '--upgrade', 'pip'], check=True)
+            subprocess.run(pip + ['install', LLMFOUNDRY], check=True)
+            check = subprocess.run([python, '-c', 'import llmfoundry, composer, torch; print('
+                                    'llmfoundry.__version__, composer.__version__, '
+                                    'torch.__version__)'],
+                                   check=True, capture_output=True, text=True)
+            with open(ready, 'w') as f:
+                f.write(check.stdout)
+            print(f'[bench] llm-foundry venv ready in {time.time() - start:.0f}s: '
+                  f'{check.stdout.strip()}', flush=True)
+            return python
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def neox_tokenizer_dir() -> str:
+    """A folder AutoTokenizer.from_pretrained can load offline: tokenizer.json + its config."""
+    folder = os.path.join(BENCH, 'gpt-neox-20b-tokenizer')
+    os.makedirs(folder, exist_ok=True)
+    shutil.copyfile(NEOX, os.path.join(folder, 'tokenizer.json'))
+    config = {'tokenizer_class': 'GPTNeoXTokenizer', 'bos_token': EOS, 'eos_token': EOS,
+              'unk_token': EOS, 'add_bos_token': False, 'add_eos_token': False,
+              'model_max_length': 2048, 'clean_up_tokenization_spaces': False}
+    with open(os.path.join(folder, 'tokenizer_config.json'), 'w') as f:
+        json.dump(config, f)
+    return folder
+
+
+# The body of llm-foundry's scripts/data_prep/convert_dataset_json.py (the script is not in
+# the wheel; the wheel ships the function it calls with the same arguments).
+LLMFOUNDRY_RUNNER = r'''
+import sys
+from llmfoundry.command_utils import convert_dataset_json_from_args
+path, out_root, tokenizer, concat, eos = sys.argv[1:6]
+convert_dataset_json_from_args(path=path, out_root=out_root, compression=None,
+                               concat_tokens=int(concat), split='train', tokenizer=tokenizer,
+                               bos_text=None, eos_text=eos, no_wrap=False, num_workers=None)
+'''
+
+
+def timed(cmd: list[str], env: dict | None = None) -> tuple[float, subprocess.CompletedProcess]:
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})})
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f'[bench] failed: {" ".join(cmd)}\n{proc.stdout[-2000:]}\n'
+                         f'{proc.stderr[-4000:]}')
+    return seconds, proc
+
+
+def read_samples(folder: str) -> list:
+    """Every sample's token ids, in order, as numpy arrays (any integer dtype)."""
+    import numpy as np
+    from streaming import StreamingDataset
+
+    ds = StreamingDataset(local=folder, shuffle=False, batch_size=1)
+    out = []
+    for i in range(len(ds)):
+        tokens = ds.get_item(i)['tokens']
+        if isinstance(tokens, bytes):
+            tokens = np.frombuffer(tokens, dtype=np.int32)
+        out.append(np.asarray(tokens).astype(np.int64))
+    return out
+
+
+def load() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f'{one:.2f} {five:.2f} {fifteen:.2f} (1/5/15 min) on {os.cpu_count()} cores'
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--mb', type=float, default=40.0, help='corpus size in MB (default 40)')
+    parser.add_argument('--modes', default='workers,threads',
+                        help='foundry modes to time: workers (one process per core), threads '
+                        '(in-process Rust thread pool), or a number of worker processes')
+    parser.add_argument('--skip_llmfoundry', action='store_true')
+    args = parser.parse_args()
+    if not os.path.isfile(NEOX):
+        raise SystemExit(f'[bench] the GPT-NeoX tokenizer is missing at {NEOX}')
+    os.makedirs(BENCH, exist_ok=True)
+
+    corpus = os.path.join(BENCH, f'corpus-{args.mb:g}MB.jsonl')
+    if not os.path.isfile(corpus):
+        docs, size = make_corpus(corpus, args.mb)
+        print(f'[bench] wrote {corpus}: {docs:,} documents, {size / 1e6:.1f} MB', flush=True)
+    python_lf = None if args.skip_llmfoundry else ensure_llmfoundry_venv()
+    tokdir = neox_tokenizer_dir()
+
+    work = tempfile.mkdtemp(prefix='convert-bench-', dir=BENCH)
+    results = []
+    try:
+        print(f'[bench] load before runs: {load()}', flush=True)
+        for mode in args.modes.split(','):
+            workers = {'workers': str(os.cpu_count()), 'threads': '0'}.get(mode, mode)
+            out = os.path.join(work, f'foundry-{mode}')
+            cmd = [sys.executable, os.path.join(REPO, 'data_prep', 'convert_dataset_json.py'),
+                   '--path', corpus, '--out_root', out, '--split', 'train', '--concat_tokens',
+                   str(SEQ), '--tokenizer', NEOX, '--eos_text', EOS, '--no_progress']
+            if workers is not None:
+                cmd += ['--workers', workers]
+            seconds, proc = timed(cmd)
+            summary = json.load(open(os.path.join(out, 'train', 'conversion.json')))['summary']
+            label = {'workers': f'foundry, {summary["workers"]} worker processes',
+                     'threads': 'foundry, in-process Rust threads'}.get(
+                         mode, f'foundry, {summary["workers"]} worker processes')
+            results.append((label, seconds, summary['tokens'], os.path.join(out, 'train')))
+            print(f'[bench] {label}: {seconds:.1f}s wall, {summary["tokens"]:,} tokens, '
+                  f'{summary["tokens"] / seconds:,.0f} tokens/s (load now {load()})', flush=True)
+        if python_lf is not None:
+            out = os.path.join(work, 'llmfoundry')
+            runner = os.path.join(work, 'run_llmfoundry.py')
+            with open(runner, 'w') as f:
+                f.write(LLMFOUNDRY_RUNNER)
+            env = {'HF_HOME': os.path.join(work, 'hf-home'), 'HF_DATASETS_OFFLINE': '1',
+                   'HF_HUB_OFFLINE': '1', 'TRANSFORMERS_OFFLINE': '1'}
+            seconds, proc = timed([python_lf, runner, corpus, out, tokdir, str(SEQ), EOS], env)
+            samples = read_samples(out)
+            tokens = sum(len(s) for s in samples)
+            results.append(('llm-foundry 0.22.0 convert_dataset_json', seconds, tokens, out))
+            print(f'[bench] llm-foundry 0.22.0: {seconds:.1f}s wall, {tokens:,} tokens, '
+                  f'{tokens / seconds:,.0f} tokens/s (load now {load()})', flush=True)
+
+        print('\n=== conversion benchmark: GPT-NeoX-20B tokenizer, concat 2048, eos '
+              f"'{EOS}', {os.path.getsize(corpus) / 1e6:.1f} MB JSONL ===")
+        print(f'machine: {os.cpu_count()} cores; load average {load()}')
+        for label, seconds, tokens, _ in results:
+            print(f'  {label:<42} {seconds:7.1f} s  {tokens / seconds:>12,.0f} tokens/s')
+        if python_lf is not None:
+            lf_seconds = results[-1][1]
+            best = min(results[:-1], key=lambda r: r[1])
+            for label, seconds, _, _ in results[:-1]:
+                print(f'  speed-up of {label}: {lf_seconds / seconds:.2f}x')
+            ref = read_samples(results[-1][3])
+            ok = True
+            for label, _, _, folder in results[:-1]:
+                ours = read_samples(folder)
+                same_bounds = [len(s) for s in ours] == [len(s) for s in ref]
+                import numpy as np
+                same_ids = (len(ours) == len(ref) and
+                            all(np.array_equal(a, b) for a, b in zip(ours, ref)))
+                print(f'  token stream of {label} vs llm-foundry: {len(ours):,} vs {len(ref):,} '
+                      f'samples; identical ids and sample boundaries: {same_ids and same_bounds}')
+                ok = ok and same_ids and same_bounds
+            print(f'  best: {best[0]} at {lf_seconds / best[1]:.2f}x llm-foundry '
+                  f'({"goal >= 3x met" if lf_seconds / best[1] >= 3 else "below the 3x goal"})')
+            if not ok:
+                return 1
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
