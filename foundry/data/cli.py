@@ -87,8 +87,9 @@ def conversion_parser(description: str, default_split: str | None,
                         'is dropped), as in llm-foundry')
     parser.add_argument('--compression', default=None, help="shard compression, e.g. 'zstd'")
     parser.add_argument('--workers', type=int, default=None,
-                        help='tokenizer processes (default: one per core; 0: tokenize in this '
-                        'process on the Rust thread pool)')
+                        help='tokenizer processes (default 0: tokenize in this process on the '
+                        "Rust tokenizer's thread pool, which uses every core; N: N worker "
+                        'processes that also parse the input)')
     parser.add_argument('--part_size', default='256MB',
                         help='input bytes per restartable part (default 256MB)')
     parser.add_argument('--strict_utf8', action='store_true',

@@ -10,10 +10,10 @@ Tokens are stored as ``ndarray:uint16`` when every id fits (vocab <= 65,536), el
 ``ndarray:uint32``. The MDS ndarray encoding records the dtype in the index, so a reader can
 never misread the width (the int32-written/int64-read class of silent corruption).
 
-Speed: worker processes (one per core by default) decode, parse and tokenize batches of raw
-input with the Rust tokenizer's batch encoder; the main process only reads bytes, cuts
-samples and writes shards. ``workers=0`` instead tokenizes in this process on the Rust
-thread pool.
+Speed: by default documents are tokenized in batches by the Rust tokenizer's batch encoder on
+its thread pool (every core); ``workers=N`` instead runs N processes that decode, parse and
+tokenize batches of raw input while the main process only reads bytes, cuts samples and writes
+shards. Nothing on this path imports torch, streaming or transformers.
 
 Restartable output layout::
 
@@ -61,8 +61,6 @@ MANIFEST = 'conversion.json'
 DONE = 'done.json'
 FORMAT = 'foundry-mds-conversion/1'
 DEFAULT_BATCH_SIZE = 4096  # kept for callers of the old API; tasks are sized by sources.py
-# In-process tokenization avoids worker start-up for inputs this small (or of unknown size).
-_SMALL_INPUT_BYTES = 16 << 20
 
 
 @dataclass
@@ -207,8 +205,8 @@ def convert(source: Source,
             a document start (long documents are truncated to one sample).
         compression: MDS shard compression, e.g. 'zstd' or 'zstd:7'; None for none.
         size_limit: shard size limit in bytes before compression.
-        workers: tokenizer processes; None = one per core (in-process for small inputs);
-            0 = tokenize in this process on the Rust thread pool.
+        workers: tokenizer processes; 0 (the default, None) tokenizes in this process on
+            the Rust thread pool, which uses every core.
         strict_utf8: fail on invalid UTF-8 (naming file and byte offset) instead of replacing
             it with U+FFFD and counting it in the summary.
         progress: show a progress bar with tokens/s.
@@ -233,10 +231,11 @@ def convert(source: Source,
     if not parts:
         raise DataError(f'no input to convert in {source.description}.')
     if workers is None:
-        sizes = [p.size for p in parts]
-        known = all(s is not None for s in sizes)
-        small = not known or sum(sizes) < _SMALL_INPUT_BYTES  # type: ignore[arg-type]
-        workers = 0 if small or isinstance(source, IterableSource) else default_workers()
+        # Measured on 2 cores (launch/bench/convert_bench.py): the Rust tokenizer's own thread
+        # pool beats worker processes (no per-process start-up, one shared BPE cache, no
+        # result pickling). Worker processes remain one flag away for inputs whose parsing,
+        # not tokenization, dominates (JSON with large fields), where they parallelise it.
+        workers = 0
 
     settings = {
         'format': FORMAT, 'tokenizer': tokenizer_id, 'vocab_size': vocab_size,
