@@ -113,7 +113,7 @@ def describe_mixture(label: str, loader: Mapping[str, Any], *, max_duration: Any
                 report.samples, report.tokens = stats.samples, stats.tokens
                 report.tokens_exact = stats.exact
             except DataError as err:
-                report.error = str(err).split('. ')[0]
+                report.error = _short_reason(str(err))
         reports.append(report)
 
     notes: list[str] = []
@@ -169,6 +169,16 @@ def _apply_weights(entries, reports: list[StreamReport], dataset: Mapping[str, A
     for report, stream in zip(reports, streams):
         report.share = float(stream.proportion)
     return int(epoch)
+
+
+def _short_reason(message: str) -> str:
+    """Why an index could not be read, without repeating the stream's location."""
+    if message.startswith('no MDS index at'):
+        return 'no index.json there'
+    message = re.sub(r'^S3 request for \S+ failed: ', '', message)
+    message = re.sub(r" \(bucket '[^']*', key '[^']*'(, endpoint [^)]*)?\)", '', message)
+    message = message.split('. ')[0]
+    return message if len(message) <= 120 else message[:117] + '...'
 
 
 def _count(n: float | None, exact: bool = True) -> str:

@@ -98,4 +98,18 @@ def test_foundry_info_reports_the_s3_mixture(s3_endpoint, make_bucket, tmp_path,
     assert f'{epochs:.2f}' in lines['alpha'] and 's3://info-mix/alpha [train]' in lines['alpha']
     # beta was never uploaded: its weight is still shown, with why its size is unknown.
     assert lines['beta'].split()[1:4] == ['proportion', '0.3', '30.0%']
-    assert "no MDS index at s3://info-mix/beta/train/index.json" in lines['beta']
+    assert lines['beta'].endswith('s3://info-mix/beta [train]  (no index.json there)')
+
+
+def test_repeat_and_choose_shares_follow_streaming(tmp_path):
+    for name, tokens in (('a', 2048 * 300), ('b', 2048 * 100)):
+        fake_index(tmp_path / name, tokens)
+    loader = {'dataset': {'max_seq_len': 2048, 'streams': {
+        'a': {'local': str(tmp_path / 'a'), 'repeat': 2},
+        'b': {'local': str(tmp_path / 'b'), 'choose': 50}}}}
+    report = describe_mixture('train_loader', loader, max_duration='1ep', global_batch_size=10,
+                              seq_len=2048)
+    a, b = report.streams
+    assert report.epoch_samples == 650 and report.run_samples == 650
+    assert a.share == pytest.approx(600 / 650) and b.share == pytest.approx(50 / 650)
+    assert a.epochs == pytest.approx(2.0) and b.epochs == pytest.approx(0.5)
