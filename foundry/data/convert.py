@@ -262,6 +262,9 @@ def convert(source: Source,
         cutter.samples, cutter.tokens = totals.samples, totals.tokens
         cutter._dropped = totals.dropped_no_wrap
 
+    if workers == 0 and spec[0] == 'json':
+        from tokenizers import Tokenizer
+        spec = ('rust', Tokenizer.from_str(spec[1]))  # in-process: no pickling, parse once
     encoder_args = (spec, bos_ids, eos_ids, dtype.name, vocab_size, strict_utf8)
     pipeline = _Pipeline(encoder_args, workers)
     bar = tqdm(desc='tokenizing', unit='tok', unit_scale=True, disable=not progress,
@@ -333,12 +336,10 @@ def _encode(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
 def _tokenizer_spec(tokenizer: PreTrainedTokenizerBase) -> tuple[tuple[str, Any], str]:
     """What workers load, and a fingerprint that changes whenever the tokenization would."""
     if getattr(tokenizer, 'is_fast', False):
-        from tokenizers import Tokenizer
-
-        backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
-        backend.no_truncation()  # transformers may leave truncation/padding switched on
-        backend.no_padding()
-        text = backend.to_str()
+        spec = json.loads(tokenizer.backend_tokenizer.to_str())
+        # transformers may leave truncation/padding switched on; conversion wants neither.
+        spec['truncation'] = spec['padding'] = None
+        text = json.dumps(spec)
         return ('json', text), 'sha256:' + hashlib.sha256(text.encode()).hexdigest()[:16]
     ident = f'{type(tokenizer).__name__}:{getattr(tokenizer, "name_or_path", "")}:{len(tokenizer)}'
     return ('object', tokenizer), ident

@@ -63,7 +63,8 @@ class Encoder:
 
     Args:
         tokenizer: ('json', tokenizer.json text) for a fast tokenizer, loaded with the Rust
-            library; or ('object', a transformers tokenizer) for a slow one.
+            library; ('rust', a loaded tokenizers.Tokenizer); or ('object', a transformers
+            tokenizer) for a slow one.
         bos_ids, eos_ids: ids placed before / after every document.
         dtype: numpy dtype name of the stored tokens (uint16 or uint32).
         vocab_size: ids must be below this (checked per task, vectorised).
@@ -74,9 +75,12 @@ class Encoder:
                  eos_ids: Sequence[int], dtype: str, vocab_size: int,
                  strict_utf8: bool = False) -> None:
         kind, payload = tokenizer
-        if kind == 'json':
+        if kind in ('json', 'rust'):
             from tokenizers import Tokenizer
-            self._fast = Tokenizer.from_str(payload)
+            if kind == 'rust':  # an already loaded tokenizers.Tokenizer (in-process use)
+                self._fast, payload = payload, payload.to_str()
+            else:
+                self._fast = Tokenizer.from_str(payload)
             self._ascii = _without_unicode_normalizer(payload)
             self._slow = None
         else:
