@@ -31,6 +31,8 @@ Measured from outside, the same way for both: per-batch console lines (`[batch=k
 log interval 1 batch) are timestamped as they arrive.
   tokens/s       tokens of batches warmup+1..N over the time between the lines of batch `warmup`
                  and batch N (steady state; the first batches include allocation warm-up)
+  tok/s med step tokens of one batch over the median time between consecutive batch lines after
+                 warm-up: less sensitive to bursts of load from other processes on the machine
   first batch s  from launching the command to the line of batch 1 (imports, model build, data
                  loader start, first step)
   peak RSS MiB   the largest sum of resident memory over the launched process tree, sampled
@@ -84,6 +86,7 @@ class Result:
     config: str
     ok: bool
     tokens_per_sec: float = float("nan")
+    median_step_tokens_per_sec: float = float("nan")
     first_batch_sec: float = float("nan")
     peak_rss_mib: float = float("nan")
     mfu: float = float("nan")
@@ -258,6 +261,7 @@ def measure(side: str, config: str, args, peak_flops: float, llmf_python: Path, 
     res.peak_rss_mib = raw["peak_rss"] / 2 ** 20
     res.mfu = flops_per_batch(config) * steps / seconds / peak_flops
     res.batch_times = [at[i + 1] - at[i] for i in range(1, args.batches)]
+    res.median_step_tokens_per_sec = c["batch"] * c["seq"] / statistics.median(res.batch_times[w - 1:])
     if not args.keep:
         shutil.rmtree(run_dir, ignore_errors=True)
     return res
@@ -274,7 +278,8 @@ def print_table(config: str, by_side: dict[str, list[Result]], baseline: str, pe
     print(f"\n== config ({config}): d_model {c['d_model']}, {c['n_layers']} layers, {c['n_heads']} heads, "
           f"seq {c['seq']}, vocab {c['vocab']:,}, batch {c['batch']}, {c['nproc']} process(es)"
           f"{', FSDP' if c['fsdp'] else ''}, fp32; CPU peak {peak / 1e9:.1f} GFLOP/s")
-    head = f"{'side':<13}{'tokens/s':>11}{'MFU':>8}{'first batch s':>15}{'peak RSS MiB':>14}{'runs':>6}  loads"
+    head = (f"{'side':<13}{'tokens/s':>11}{'MFU':>8}{'tok/s med step':>16}{'first batch s':>15}"
+            f"{'peak RSS MiB':>14}{'runs':>6}  loads")
     print(head)
     base = by_side.get(baseline, [])
     for side, results in by_side.items():
@@ -282,15 +287,17 @@ def print_table(config: str, by_side: dict[str, list[Result]], baseline: str, pe
         loads = ",".join(r.load for r in results)
         notes = "; ".join(r.note for r in results if r.note)
         print(f"{side:<13}{median(results, 'tokens_per_sec'):>11.0f}{median(results, 'mfu') * 100:>7.2f}%"
-              f"{median(results, 'first_batch_sec'):>15.1f}{median(results, 'peak_rss_mib'):>14.0f}"
+              f"{median(results, 'median_step_tokens_per_sec'):>16.0f}{median(results, 'first_batch_sec'):>15.1f}{median(results, 'peak_rss_mib'):>14.0f}"
               f"{len(ok):>4}/{len(results)}  {loads}{'  ' + notes if notes else ''}")
     for side, results in by_side.items():
         if side == baseline or not base:
             continue
         tps = median(results, "tokens_per_sec") / median(base, "tokens_per_sec")
+        med = median(results, "median_step_tokens_per_sec") / median(base, "median_step_tokens_per_sec")
         fb = median(results, "first_batch_sec") / median(base, "first_batch_sec")
         mem = median(results, "peak_rss_mib") / median(base, "peak_rss_mib")
-        print(f"ratio {side}/{baseline}: tokens/s {tps:.2f}x, first batch {fb:.2f}x, peak RSS {mem:.2f}x")
+        print(f"ratio {side}/{baseline}: tokens/s {tps:.2f}x (median step {med:.2f}x), first batch {fb:.2f}x, "
+              f"peak RSS {mem:.2f}x")
 
 
 def main(argv=None) -> int:
@@ -341,7 +348,8 @@ def main(argv=None) -> int:
                       flush=True)
                 r = measure(name, config, args, peak, llmf_python, variant)
                 if r.ok:
-                    print(f"    {r.tokens_per_sec:,.0f} tokens/s, first batch {r.first_batch_sec:.1f} s, "
+                    print(f"    {r.tokens_per_sec:,.0f} tokens/s ({r.median_step_tokens_per_sec:,.0f} at the median "
+                          f"step), first batch {r.first_batch_sec:.1f} s, "
                           f"peak RSS {r.peak_rss_mib:,.0f} MiB, MFU {r.mfu * 100:.2f}%", flush=True)
                 by_side[name].append(r)
                 all_results.append(r)
