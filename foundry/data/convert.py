@@ -188,6 +188,7 @@ def convert(source: Source,
             size_limit: int | str | None = 1 << 26,
             workers: int | None = None,
             strict_utf8: bool = False,
+            fast_bpe: bool = False,
             progress: bool = True,
             verbose: bool = True) -> ConversionSummary:
     """Tokenize ``source`` and write ``concat_tokens``-long samples to ``out_root``.
@@ -209,6 +210,8 @@ def convert(source: Source,
             the Rust thread pool, which uses every core.
         strict_utf8: fail on invalid UTF-8 (naming file and byte offset) instead of replacing
             it with U+FFFD and counting it in the summary.
+        fast_bpe: encode byte-level BPE tokenizers (GPT-2/NeoX family) with tiktoken's BPE,
+            several times faster; checked against the tokenizer as it goes (see fast_bpe.py).
         progress: show a progress bar with tokens/s.
         verbose: print the summary when done.
     """
@@ -231,11 +234,11 @@ def convert(source: Source,
     if not parts:
         raise DataError(f'no input to convert in {source.description}.')
     if workers is None:
-        # Measured on 2 cores (launch/bench/convert_bench.py): the Rust tokenizer's own thread
-        # pool beats worker processes (no per-process start-up, one shared BPE cache, no
-        # result pickling). Worker processes remain one flag away for inputs whose parsing,
-        # not tokenization, dominates (JSON with large fields), where they parallelise it.
-        workers = 0
+        # Measured on 2 cores (launch/bench/convert_bench.py): with the Hugging Face tokenizer
+        # its own thread pool beats worker processes (no per-process start-up, one shared BPE
+        # cache, no result pickling); the tiktoken encoder of --fast_bpe holds the GIL between
+        # the many short pieces of code-like text, so there processes win.
+        workers = default_workers() if fast_bpe else 0
 
     settings = {
         'format': FORMAT, 'tokenizer': tokenizer_id, 'vocab_size': vocab_size,
@@ -265,7 +268,8 @@ def convert(source: Source,
     if workers == 0 and spec[0] == 'json':
         from tokenizers import Tokenizer
         spec = ('rust', Tokenizer.from_str(spec[1]))  # in-process: no pickling, parse once
-    encoder_args = (spec, bos_ids, eos_ids, dtype.name, vocab_size, strict_utf8)
+    encoder_args = (spec, bos_ids, eos_ids, dtype.name, vocab_size, strict_utf8, fast_bpe,
+                    default_workers())
     pipeline = _Pipeline(encoder_args, workers)
     bar = tqdm(desc='tokenizing', unit='tok', unit_scale=True, disable=not progress,
                file=sys.stderr, dynamic_ncols=True, smoothing=0.1)

@@ -73,8 +73,11 @@ class Encoder:
 
     def __init__(self, tokenizer: tuple[str, Any], bos_ids: Sequence[int],
                  eos_ids: Sequence[int], dtype: str, vocab_size: int,
-                 strict_utf8: bool = False) -> None:
+                 strict_utf8: bool = False, fast_bpe: bool = False, threads: int = 1) -> None:
         kind, payload = tokenizer
+        self._bpe = None
+        self.threads = max(1, threads)
+        self._docs_seen = 0
         if kind in ('json', 'rust'):
             from tokenizers import Tokenizer
             if kind == 'rust':  # an already loaded tokenizers.Tokenizer (in-process use)
@@ -83,7 +86,12 @@ class Encoder:
                 self._fast = Tokenizer.from_str(payload)
             self._ascii = _without_unicode_normalizer(payload)
             self._slow = None
+            if fast_bpe:
+                from foundry.data.fast_bpe import FastBPE
+                self._bpe = FastBPE.from_tokenizer_json(payload)
         else:
+            if fast_bpe:
+                raise DataError('--fast_bpe needs a fast tokenizer (a tokenizer.json).')
             self._fast = self._ascii = None
             self._slow = payload
         self.bos = list(bos_ids)
@@ -94,7 +102,27 @@ class Encoder:
 
     # -- tokenization -------------------------------------------------------------------
 
-    def encode(self, docs: list[str]) -> list[list[int]]:
+    def encode(self, docs: list[str], where: str = 'documents') -> list[list[int]]:
+        if self._bpe is None:
+            return self._encode_exact(docs)
+        ids = self._bpe.encode_batch(docs, self.threads)
+        # Check against the tokenizer itself: the first 64 documents, then every 128th.
+        check = [i for i in range(len(docs))
+                 if self._docs_seen + i < 64 or (self._docs_seen + i) % 128 == 0]
+        self._docs_seen += len(docs)
+        if check:
+            exact = self._encode_exact([docs[i] for i in check])
+            for i, want in zip(check, exact):
+                if ids[i] != want:
+                    k = next((j for j, (a, b) in enumerate(zip(ids[i], want)) if a != b),
+                             min(len(ids[i]), len(want)))
+                    raise DataError(
+                        f'{where}: --fast_bpe and the tokenizer disagree on a document '
+                        f'({docs[i][:60]!r}...) at token {k}: {ids[i][k:k + 5]} vs '
+                        f'{want[k:k + 5]}. Delete the output and convert without --fast_bpe.')
+        return ids
+
+    def _encode_exact(self, docs: list[str]) -> list[list[int]]:
         if self._fast is not None:
             # encode_batch_fast skips character offsets, which we never use; the ids are
             # identical to encode_batch. It runs on the Rust thread pool unless
@@ -123,12 +151,12 @@ class Encoder:
                 raise DataError(f'{where}: document #{i} is {type(doc).__name__}, not a '
                                 'string; every document must be text.')
         try:
-            encoded = self.encode(docs)
+            encoded = self.encode(docs, where)
         except (TypeError, UnicodeEncodeError):
             # The Rust tokenizer rejects strings that are not valid Unicode (lone surrogates
             # from JSON escapes such as \udc80): replace and count them, then retry.
             docs = [self._encodable(d, where, bad_utf8) for d in docs]
-            encoded = self.encode(docs)
+            encoded = self.encode(docs, where)
         flat: list[int] = []
         lens = np.empty(len(encoded), dtype=np.int64)
         bos, eos, nb, ne = self.bos, self.eos, len(self.bos), len(self.eos)
@@ -275,6 +303,7 @@ def init_worker(args: tuple) -> None:
     # which parts are complete; workers dying with their own tracebacks would only add noise.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _worker = Encoder(*args)
+    _worker.threads = 1  # the pool is the parallelism
 
 
 def run_task(task: tuple) -> Encoded:

@@ -1,0 +1,205 @@
+"""A faster encoder for byte-level BPE tokenizers (the GPT-2 / GPT-NeoX family), opt-in.
+
+Hugging Face ``tokenizers`` spends most of a conversion's CPU time building ``Encoding``
+objects around its BPE. ``tiktoken`` runs the same algorithm on the same vocabulary several
+times faster. This module rebuilds a tokenizer.json's byte-level BPE as a tiktoken encoding and
+reproduces the rest of the Hugging Face pipeline around it:
+
+* Unicode normalization (NFC/NFD/NFKC/NFKD, the only normalizers accepted) with ``unicodedata``,
+  skipped for ASCII text, on which it is the identity;
+* added tokens (``<|endoftext|>``, GPT-NeoX's runs of spaces, ...) are split out of the text
+  first, leftmost-longest, as the Hugging Face tokenizer does, and the text between them is
+  pre-tokenized and encoded separately;
+* pre-tokenization with the GPT-2 regex, which ``ByteLevel(use_regex=True)`` also uses.
+
+Whether a tokenizer qualifies is checked structurally (:meth:`FastBPE.from_tokenizer_json`
+says why not). Equal results are then an empirical property, not a theorem: tiktoken merges the
+adjacent pair whose *merged token* ranks lowest, Hugging Face the pair whose *merge* ranks
+lowest; with merges whose results rank in merge order (checked) the two agree on natural text,
+as tiktoken's GPT-2 encoding agrees with GPT-2's original encoder. So the converter checks it as
+it goes (``Encoder`` re-encodes the first 64 documents and every 128th after them with the
+Hugging Face tokenizer and stops on the first difference), and it is off unless ``--fast_bpe``
+is given.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+from typing import Any
+
+from foundry.data.errors import DataError
+
+__all__ = ['FastBPE', 'GPT2_PATTERN']
+
+# The pre-tokenizer regex of GPT-2 (ByteLevel with use_regex=True in tokenizers).
+GPT2_PATTERN = (r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|"""
+                r"""\s+""")
+_NORMALIZERS = {'NFC', 'NFD', 'NFKC', 'NFKD'}
+
+
+def _byte_alphabet() -> dict[str, int]:
+    """GPT-2's printable stand-in character for each byte, inverted (char -> byte)."""
+    keep = list(range(ord('!'), ord('~') + 1)) + list(range(ord('¡'), ord('¬') + 1)) + \
+        list(range(ord('®'), ord('ÿ') + 1))
+    chars = keep[:]
+    n = 0
+    for b in range(256):
+        if b not in keep:
+            keep.append(b)
+            chars.append(256 + n)
+            n += 1
+    return {chr(c): b for b, c in zip(keep, chars)}
+
+
+# Every byte that can occur in UTF-8 text (0xC0, 0xC1 and 0xF5-0xFF never do).
+_UTF8_BYTES = set(range(0x00, 0xC0)) | set(range(0xC2, 0xF5))
+
+
+class FastBPE:
+    """tiktoken-backed encoder equivalent to one byte-level BPE tokenizer.json."""
+
+    def __init__(self, ranks: dict[bytes, int], added: dict[str, int], forms: list[str]) -> None:
+        import tiktoken
+
+        self._encoding = tiktoken.Encoding('foundry-fast-bpe', pat_str=GPT2_PATTERN,
+                                           mergeable_ranks=ranks, special_tokens={})
+        self._added = added
+        self._split = (re.compile('|'.join(re.escape(t) for t in sorted(added, key=len,
+                                                                         reverse=True)))
+                       if added else None)
+        self._forms = forms
+        self._pool = None
+
+    @classmethod
+    def from_tokenizer_json(cls, text: str) -> 'FastBPE':
+        """Build it, or raise DataError saying why this tokenizer does not qualify."""
+        try:
+            import tiktoken  # noqa: F401
+        except ImportError:
+            raise DataError('--fast_bpe needs the tiktoken package (pip install tiktoken).') \
+                from None
+        spec = json.loads(text)
+        reason = _incompatibility(spec)
+        if reason:
+            raise DataError(f'--fast_bpe cannot encode with this tokenizer: {reason}. Convert '
+                            'without --fast_bpe.')
+        alphabet = _byte_alphabet()
+        added_ids = {a['id'] for a in spec.get('added_tokens') or []}
+        ranks: dict[bytes, int] = {}
+        for token, index in spec['model']['vocab'].items():
+            if index in added_ids:
+                continue
+            try:
+                ranks[bytes(alphabet[c] for c in token)] = index
+            except KeyError:
+                raise DataError(f'--fast_bpe cannot encode with this tokenizer: vocabulary '
+                                f'entry {token!r} is not byte-level. Convert without '
+                                '--fast_bpe.') from None
+        missing = sorted(b for b in _UTF8_BYTES if bytes([b]) not in ranks)
+        if missing:
+            raise DataError(f'--fast_bpe cannot encode with this tokenizer: bytes '
+                            f'{[hex(b) for b in missing[:8]]} have no token of their own. '
+                            'Convert without --fast_bpe.')
+        added = {a['content']: a['id'] for a in spec.get('added_tokens') or []}
+        norm = spec.get('normalizer')
+        steps = [] if norm is None else (norm['normalizers'] if norm['type'] == 'Sequence'
+                                         else [norm])
+        return cls(ranks, added, [step['type'] for step in steps])
+
+    def normalize(self, text: str) -> str:
+        if self._forms and not text.isascii():
+            for form in self._forms:
+                text = unicodedata.normalize(form, text)
+        return text
+
+    def encode_batch(self, docs: list[str], threads: int = 1) -> list[list[int]]:
+        """Token ids of each document (no special tokens added)."""
+        pieces: list[str] = []
+        plan: list[list[Any]] = []  # per doc: indexes into pieces (int) or added ids (tuple)
+        split = self._split
+        for doc in docs:
+            text = self.normalize(doc)
+            steps: list[Any] = []
+            pos = 0
+            if split is not None:
+                for match in split.finditer(text):
+                    if match.start() > pos:
+                        steps.append(len(pieces))
+                        pieces.append(text[pos:match.start()])
+                    steps.append((self._added[match.group()],))
+                    pos = match.end()
+            if pos < len(text):
+                steps.append(len(pieces))
+                pieces.append(text[pos:])
+            plan.append(steps)
+        encode = self._encoding._core_bpe.encode_ordinary  # releases the GIL while it runs
+        if threads > 1 and len(pieces) > 64:
+            # One contiguous slice per thread: a future per piece would cost more than the
+            # encoding of a typical piece.
+            if self._pool is None:
+                from concurrent.futures import ThreadPoolExecutor
+                self._pool = ThreadPoolExecutor(max_workers=threads)
+            step = -(-len(pieces) // threads)
+            chunks = [pieces[i:i + step] for i in range(0, len(pieces), step)]
+            encoded = [ids for part in self._pool.map(lambda c: [encode(p) for p in c], chunks)
+                       for ids in part]
+        else:
+            encoded = [encode(p) for p in pieces]
+        out = []
+        for steps in plan:
+            ids: list[int] = []
+            for step in steps:
+                if isinstance(step, tuple):
+                    ids.append(step[0])
+                else:
+                    ids.extend(encoded[step])
+            out.append(ids)
+        return out
+
+
+def _incompatibility(spec: dict) -> str | None:
+    model = spec.get('model') or {}
+    if model.get('type') != 'BPE':
+        return f'its model is {model.get("type")!r}, not BPE'
+    for key, ok in (('dropout', (None, 0, 0.0)), ('unk_token', (None,)),
+                    ('continuing_subword_prefix', (None, '')), ('end_of_word_suffix', (None, '')),
+                    ('fuse_unk', (None, False)), ('byte_fallback', (None, False)),
+                    ('ignore_merges', (None, False))):
+        if model.get(key) not in ok:
+            return f'its BPE sets {key}={model.get(key)!r}'
+    pre = spec.get('pre_tokenizer') or {}
+    if pre.get('type') == 'Sequence' and len(pre.get('pretokenizers') or []) == 1:
+        pre = pre['pretokenizers'][0]
+    if pre.get('type') != 'ByteLevel' or pre.get('add_prefix_space') or \
+            pre.get('use_regex', True) is not True:
+        return 'it is not a byte-level BPE with the GPT-2 pre-tokenizer (ByteLevel, ' \
+               'use_regex, no prefix space)'
+    norm = spec.get('normalizer')
+    if norm is not None:
+        steps = norm.get('normalizers') if norm.get('type') == 'Sequence' else [norm]
+        if not all(isinstance(s, dict) and s.get('type') in _NORMALIZERS for s in steps or []):
+            return f'its normalizer {norm.get("type")!r} is not plain Unicode normalization'
+    vocab = model.get('vocab') or {}
+    previous = -1
+    for merge in model.get('merges') or []:
+        a, b = merge.split(' ', 1) if isinstance(merge, str) else merge
+        merged = vocab.get(a + b)
+        if merged is None or merged <= previous or merged <= vocab.get(a, -1) or \
+                merged <= vocab.get(b, -1):
+            return 'its merge results do not rank in merge order'
+        previous = merged
+    forms = [] if norm is None else [s['type'] for s in
+                                     (norm.get('normalizers') if norm.get('type') == 'Sequence'
+                                      else [norm])]
+    for token in spec.get('added_tokens') or []:
+        if token.get('lstrip') or token.get('rstrip') or token.get('single_word'):
+            return f'added token {token["content"]!r} strips or matches single words'
+        content = token['content']
+        if not content:
+            return 'it has an empty added token'
+        for form in forms:
+            if unicodedata.normalize(form, content) != content:
+                return f'added token {content!r} changes under {form}'
+    return None
