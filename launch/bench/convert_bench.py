@@ -8,13 +8,15 @@
 2. Creates .bench/llmfoundry-venv (once, shared with the other benchmarks and reused) with
    a plain `pip install llm-foundry==0.22.0` (several GB, 3-5 minutes the first time).
 3. Converts the corpus with the GPT-NeoX-20B tokenizer, concat 2048, --eos_text
-   '<|endoftext|>' (llm-foundry's default eos_text is empty), no compression:
-   foundry in each tokenization mode (worker processes, in-process threads), then llm-foundry.
+   '<|endoftext|>' (llm-foundry's default eos_text is empty), no compression: foundry in each
+   mode (the default Hugging Face tokenizer on its Rust thread pool; worker processes;
+   --fast_bpe, tiktoken's BPE in a process per core), then llm-foundry.
    Each run is a fresh subprocess timed from start to exit (imports included); llm-foundry's
    Hugging Face datasets cache is a fresh temporary folder, so nothing is reused between runs.
-4. Prints wall times, tokens/s, the speed-up, the machine load, and checks that both wrote the
-   same token stream: decodes every sample of both outputs (foundry uint16, llm-foundry
-   int32/uint32) and compares the concatenated id sequences and the sample boundaries.
+4. Prints wall times (best of --repeat interleaved rounds), tokens/s, the speed-up, the machine
+   load after every run, and checks that every foundry output holds the same token stream as
+   llm-foundry's: decodes every sample of both (foundry uint16, llm-foundry int32/uint32) and
+   compares every id and every sample boundary.
 """
 
 from __future__ import annotations
@@ -180,10 +182,14 @@ def load() -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--mb', type=float, default=40.0, help='corpus size in MB (default 40)')
-    parser.add_argument('--modes', default='workers,threads',
-                        help='foundry modes to time: workers (one process per core), threads '
-                        '(in-process Rust thread pool), or a number of worker processes')
+    parser.add_argument('--modes', default='threads,workers,fast_bpe',
+                        help='foundry modes to time: threads (the default: Hugging Face '
+                        'tokenizer on its Rust thread pool), workers (one process per core), '
+                        'fast_bpe (tiktoken BPE, a process per core), or a number of worker '
+                        'processes')
     parser.add_argument('--skip_llmfoundry', action='store_true')
+    parser.add_argument('--repeat', type=int, default=1,
+                        help='rounds of every mode, interleaved; the best time of each counts')
     args = parser.parse_args()
     if not os.path.isfile(NEOX):
         raise SystemExit(f'[bench] the GPT-NeoX tokenizer is missing at {NEOX}')
@@ -197,67 +203,94 @@ def main() -> int:
     tokdir = neox_tokenizer_dir()
 
     work = tempfile.mkdtemp(prefix='convert-bench-', dir=BENCH)
-    results = []
+    modes = args.modes.split(',') + ([] if python_lf is None else ['llm-foundry'])
+    times: dict[str, list[float]] = {m: [] for m in modes}
+    loads: list[str] = []
+    labels: dict[str, str] = {}
+    outputs: dict[str, tuple[int, str]] = {}
     try:
         print(f'[bench] load before runs: {load()}', flush=True)
-        for mode in args.modes.split(','):
-            workers = {'workers': str(os.cpu_count()), 'threads': '0'}.get(mode, mode)
-            out = os.path.join(work, f'foundry-{mode}')
-            cmd = [sys.executable, os.path.join(REPO, 'data_prep', 'convert_dataset_json.py'),
-                   '--path', corpus, '--out_root', out, '--split', 'train', '--concat_tokens',
-                   str(SEQ), '--tokenizer', NEOX, '--eos_text', EOS, '--no_progress']
-            if workers is not None:
-                cmd += ['--workers', workers]
-            seconds, proc = timed(cmd)
-            summary = json.load(open(os.path.join(out, 'train', 'conversion.json')))['summary']
-            label = {'workers': f'foundry, {summary["workers"]} worker processes',
-                     'threads': 'foundry, in-process Rust threads'}.get(
-                         mode, f'foundry, {summary["workers"]} worker processes')
-            results.append((label, seconds, summary['tokens'], os.path.join(out, 'train')))
-            print(f'[bench] {label}: {seconds:.1f}s wall, {summary["tokens"]:,} tokens, '
-                  f'{summary["tokens"] / seconds:,.0f} tokens/s (load now {load()})', flush=True)
-        if python_lf is not None:
-            out = os.path.join(work, 'llmfoundry')
-            runner = os.path.join(work, 'run_llmfoundry.py')
-            with open(runner, 'w') as f:
-                f.write(LLMFOUNDRY_RUNNER)
-            env = {'HF_HOME': os.path.join(work, 'hf-home'), 'HF_DATASETS_OFFLINE': '1',
-                   'HF_HUB_OFFLINE': '1', 'TRANSFORMERS_OFFLINE': '1'}
-            seconds, proc = timed([python_lf, runner, corpus, out, tokdir, str(SEQ), EOS], env)
-            samples = read_samples(out)
-            tokens = sum(len(s) for s in samples)
-            results.append(('llm-foundry 0.22.0 convert_dataset_json', seconds, tokens, out))
-            print(f'[bench] llm-foundry 0.22.0: {seconds:.1f}s wall, {tokens:,} tokens, '
-                  f'{tokens / seconds:,.0f} tokens/s (load now {load()})', flush=True)
+        for round_ in range(args.repeat):
+            for mode in modes:  # round-robin, so load changes hit every mode alike
+                out = os.path.join(work, f'{mode}-{round_}')
+                if mode == 'llm-foundry':
+                    label, seconds, tokens = run_llmfoundry(python_lf, corpus, out, tokdir, work)
+                else:
+                    label, seconds, tokens = run_foundry(mode, corpus, out)
+                    out = os.path.join(out, 'train')
+                labels[mode] = label
+                times[mode].append(seconds)
+                loads.append(load())
+                if mode in outputs:
+                    shutil.rmtree(os.path.dirname(outputs[mode][1]) if mode != 'llm-foundry'
+                                  else outputs[mode][1], ignore_errors=True)
+                outputs[mode] = (tokens, out)
+                print(f'[bench] round {round_ + 1}: {label}: {seconds:.1f}s wall, {tokens:,} '
+                      f'tokens, {tokens / seconds:,.0f} tokens/s (load {load()})', flush=True)
 
         print('\n=== conversion benchmark: GPT-NeoX-20B tokenizer, concat 2048, eos '
-              f"'{EOS}', {os.path.getsize(corpus) / 1e6:.1f} MB JSONL ===")
-        print(f'machine: {os.cpu_count()} cores; load average {load()}')
-        for label, seconds, tokens, _ in results:
-            print(f'  {label:<42} {seconds:7.1f} s  {tokens / seconds:>12,.0f} tokens/s')
-        if python_lf is not None:
-            lf_seconds = results[-1][1]
-            best = min(results[:-1], key=lambda r: r[1])
-            for label, seconds, _, _ in results[:-1]:
-                print(f'  speed-up of {label}: {lf_seconds / seconds:.2f}x')
-            ref = read_samples(results[-1][3])
-            ok = True
-            for label, _, _, folder in results[:-1]:
-                ours = read_samples(folder)
-                same_bounds = [len(s) for s in ours] == [len(s) for s in ref]
-                import numpy as np
-                same_ids = (len(ours) == len(ref) and
-                            all(np.array_equal(a, b) for a, b in zip(ours, ref)))
-                print(f'  token stream of {label} vs llm-foundry: {len(ours):,} vs {len(ref):,} '
-                      f'samples; identical ids and sample boundaries: {same_ids and same_bounds}')
-                ok = ok and same_ids and same_bounds
-            print(f'  best: {best[0]} at {lf_seconds / best[1]:.2f}x llm-foundry '
-                  f'({"goal >= 3x met" if lf_seconds / best[1] >= 3 else "below the 3x goal"})')
-            if not ok:
-                return 1
+              f"'{EOS}', {os.path.getsize(corpus) / 1e6:.1f} MB JSONL, {os.cpu_count()} cores ===")
+        print('load average (1/5/15 min) after each run: ' + ' | '.join(
+            x.split(' (')[0] for x in loads))
+        best = {m: min(t) for m, t in times.items()}
+        for mode in modes:
+            tokens = outputs[mode][0]
+            runs = ', '.join(f'{t:.1f}' for t in times[mode])
+            print(f'  {labels[mode]:<42} best {best[mode]:6.1f} s  {tokens / best[mode]:>11,.0f} '
+                  f'tokens/s  (runs: {runs} s)')
+        if python_lf is None:
+            return 0
+        import numpy as np
+
+        ref = read_samples(outputs['llm-foundry'][1])
+        ok = True
+        for mode in modes[:-1]:
+            ratio = best['llm-foundry'] / best[mode]
+            ours = read_samples(outputs[mode][1])
+            same = (len(ours) == len(ref) and
+                    all(np.array_equal(a, b) for a, b in zip(ours, ref)))
+            print(f'  {labels[mode]}: {ratio:.2f}x llm-foundry; same token stream (every id and '
+                  f'sample boundary of {len(ref):,} samples): {same}')
+            ok = ok and same
+        fastest = min(modes[:-1], key=lambda m: best[m])
+        ratio = best['llm-foundry'] / best[fastest]
+        print(f'  fastest: {labels[fastest]} at {ratio:.2f}x '
+              f'({"goal >= 3x met" if ratio >= 3 else "below the 3x goal"})')
+        return 0 if ok else 1
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return 0
+
+
+def run_foundry(mode: str, corpus: str, out: str) -> tuple[str, float, int]:
+    workers = {'workers': str(os.cpu_count()), 'threads': '0', 'fast_bpe': None}.get(mode, mode)
+    cmd = [sys.executable, os.path.join(REPO, 'data_prep', 'convert_dataset_json.py'),
+           '--path', corpus, '--out_root', out, '--split', 'train', '--concat_tokens', str(SEQ),
+           '--tokenizer', NEOX, '--eos_text', EOS, '--no_progress']
+    if workers is not None:
+        cmd += ['--workers', workers]
+    if mode == 'fast_bpe':
+        cmd += ['--fast_bpe']
+    seconds, _ = timed(cmd)
+    summary = json.load(open(os.path.join(out, 'train', 'conversion.json')))['summary']
+    label = {'workers': f'foundry, {summary["workers"]} worker processes',
+             'threads': 'foundry (default), Rust thread pool',
+             'fast_bpe': f'foundry --fast_bpe, {summary["workers"]} processes'}.get(
+                 mode, f'foundry, {summary["workers"]} worker processes')
+    return label, seconds, summary['tokens']
+
+
+def run_llmfoundry(python_lf: str, corpus: str, out: str, tokdir: str,
+                   work: str) -> tuple[str, float, int]:
+    runner = os.path.join(work, 'run_llmfoundry.py')
+    with open(runner, 'w') as f:
+        f.write(LLMFOUNDRY_RUNNER)
+    hf_home = tempfile.mkdtemp(prefix='hf-home-', dir=work)  # no dataset cache reused
+    env = {'HF_HOME': hf_home, 'HF_DATASETS_OFFLINE': '1', 'HF_HUB_OFFLINE': '1',
+           'TRANSFORMERS_OFFLINE': '1'}
+    seconds, _ = timed([python_lf, runner, corpus, out, tokdir, str(SEQ), EOS], env)
+    shutil.rmtree(hf_home, ignore_errors=True)
+    tokens = sum(len(s) for s in read_samples(out))
+    return 'llm-foundry 0.22.0 convert_dataset_json', seconds, tokens
 
 
 if __name__ == '__main__':
