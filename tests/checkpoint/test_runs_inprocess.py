@@ -139,7 +139,7 @@ def test_failed_checkpoint_upload_is_retried_then_reported_with_the_local_copy(t
             except OSError:
                 time.sleep(0.2)
         for k, v in {'S3_ENDPOINT_URL': url, 'AWS_ACCESS_KEY_ID': 't', 'AWS_SECRET_ACCESS_KEY': 't',
-                     'AWS_DEFAULT_REGION': 'us-east-1'}.items():
+                     'AWS_DEFAULT_REGION': 'us-east-1', 'FOUNDRY_UPLOAD_POLL_S': '1'}.items():
             monkeypatch.setenv(k, v)
         boto3.client('s3', endpoint_url=url).create_bucket(Bucket='going-away')
         original = resume.finish_start
@@ -206,3 +206,39 @@ def test_load_path_full_state_or_weights_only(tiny_data, tmp_path, caplog):  # n
                          f'load_path={checkpoint}', 'load_weights_only=true')
     assert f'loaded model weights from {checkpoint}; training starts at batch 0' in caplog.text
     assert sorted(train_losses(str(tmp_path / 'weights'))) == [0]
+
+
+def test_rotation_counts_the_checkpoints_from_before_the_restart(tiny_data, tmp_path):  # noqa: F811
+    root = str(tmp_path)
+    train_here(tiny_data, root, 'fsdp_config.state_dict_type=full')
+    os.remove(f'{root}/checkpoints/ep0-ba6-rank0.pt')  # stopped after the batch-4 save
+    os.remove(f'{root}/checkpoints/latest-rank0.pt')
+    train_here(tiny_data, root, 'fsdp_config.state_dict_type=full', 'save_num_checkpoints_to_keep=2')
+    # Composer alone keeps ep0-ba2 forever: its rotation only knows what this process saved.
+    assert sorted(f for f in os.listdir(f'{root}/checkpoints') if f.startswith('ep')) == [
+        'ep0-ba4-rank0.pt', 'ep0-ba6-rank0.pt']
+
+
+def test_full_checkpoints_on_s3_autoresume(tiny_data, tmp_path, make_bucket, s3_endpoint, caplog,  # noqa: F811
+                                           monkeypatch):
+    """Composer's own autoresume looks for full checkpoints of a remote save folder only in loggers."""
+    import boto3
+
+    monkeypatch.setenv('FOUNDRY_UPLOAD_POLL_S', '1')  # Composer re-checks finished uploads every 30 s
+    caplog.set_level(logging.INFO, logger='foundry')
+    bucket = make_bucket('full-resume')
+    args = ('fsdp_config.state_dict_type=full', f'save_folder={bucket}/{{run_name}}', 'max_duration=4ba')
+    whole = str(tmp_path / 'whole')
+    train_here(tiny_data, whole, *args)
+    client = boto3.client('s3', endpoint_url=s3_endpoint)
+    keys = sorted(o['Key'] for o in client.list_objects_v2(Bucket='full-resume')['Contents'])
+    assert {'tiny/ep0-ba2-rank0.pt', 'tiny/ep0-ba4-rank0.pt', 'tiny/latest-rank0.pt.symlink',
+            'tiny/hf_meta/config.json'} <= set(keys)
+    client.delete_object(Bucket='full-resume', Key='tiny/ep0-ba4-rank0.pt')  # back to after batch 2
+    client.delete_object(Bucket='full-resume', Key='tiny/latest-rank0.pt.symlink')
+    caplog.clear()
+    again = str(tmp_path / 'again')
+    train_here(tiny_data, again, *args)
+    assert f'autoresume: on; resuming from {bucket}/tiny/ep0-ba2-rank0.pt (batch 2)' in caplog.text
+    expected = train_losses(whole)
+    assert train_losses(again) == {2: expected[2], 3: expected[3]}
