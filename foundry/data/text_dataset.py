@@ -285,8 +285,9 @@ class StreamingTextDataset(StreamingDataset):
             limit = np.iinfo(np.dtype(parts[1])).max
             if self._vocab_size - 1 > limit:
                 stream = self.streams[int(stream_id)]
-                raise DataError(f'stream {getattr(stream, "name", stream_id)!r} stores tokens '
-                                f'as {parts[1]} (max id {limit:,}) but the tokenizer has '
+                where = stream.remote or os.path.join(stream.local, stream.split or '')
+                raise DataError(f'stream {getattr(stream, "name", stream_id)!r} ({where}) stores '
+                                f'tokens as {parts[1]} (max id {limit:,}) but the tokenizer has '
                                 f'{self._vocab_size:,} tokens: the data was converted with a '
                                 'different tokenizer. Convert it again with this one.')
 
