@@ -1,9 +1,12 @@
 """The data path: tokenizers, text-to-MDS conversion, streaming datasets, the demo corpus.
 
 Modules (imported lazily, so ``import foundry.data`` stays cheap):
-  tokenizer     build_tokenizer(name, kwargs)
-  convert       convert_documents(...) -> ConversionSummary
-  readers       iter_text_documents / iter_json_documents
+  tokenizer     build_tokenizer(name, kwargs), TokenizerFile (tokenizers only)
+  convert       convert(source, ...), convert_documents(...) -> ConversionSummary
+  sources       JsonSource, TextSource, ParquetSource, HFSource, IterableSource (restartable parts)
+  readers       iter_documents / iter_text_documents / iter_json_documents (no tokenizing)
+  mixture       describe_mixture (what `foundry info` prints about streams)
+  mds_index     index checks and token counts; mds_writer: byte-identical MDS token writer
   text_dataset  StreamingTextDataset, build_text_dataloader, *_KEYS tables
   collator      TextCollator (input_ids, labels, attention_mask, sequence_id)
   demo_corpus   build_demo_data, train_demo_tokenizer
@@ -19,6 +22,14 @@ _EXPORTS = {
     'DataError': 'errors',
     'build_tokenizer': 'tokenizer',
     'convert_documents': 'convert',
+    'convert': 'convert',
+    'JsonSource': 'sources',
+    'TextSource': 'sources',
+    'ParquetSource': 'sources',
+    'HFSource': 'sources',
+    'IterableSource': 'sources',
+    'iter_documents': 'readers',
+    'describe_mixture': 'mixture',
     'ConversionSummary': 'convert',
     'iter_text_documents': 'readers',
     'iter_json_documents': 'readers',

@@ -26,7 +26,7 @@ import numpy as np
 
 from foundry.data.errors import DataError
 
-__all__ = ['Encoder', 'Encoded', 'init_worker', 'run_task']
+__all__ = ['Encoder', 'Encoded', 'init_worker', 'run_task', 'parse_task', 'decode_utf8']
 
 
 @dataclass
@@ -196,48 +196,21 @@ class Encoder:
     # -- tasks --------------------------------------------------------------------------
 
     def __call__(self, task: tuple) -> Encoded:
-        kind = task[0]
-        if kind == 'docs':
-            _, docs, where = task
-            nbytes = sum(len(d) for d in docs if isinstance(d, str))
-            bad: dict[str, list[int]] = {}
-            return self.wrap(docs, where, nbytes, bad)
-        if kind == 'jsonl':
-            _, data, file, first_line, text_field, offset = task
-            return self._jsonl(data, file, first_line, text_field, offset)
-        if kind == 'blobs':
-            _, blobs, names = task
-            bad = {}
-            docs = [self._decode(blob, name, 0, bad) for blob, name in zip(blobs, names)]
-            return self.wrap(docs, names[0] if names else 'text files',
-                             sum(map(len, blobs)), bad)
-        raise ValueError(f'unknown task kind {kind!r}')
+        docs, where, nbytes, bad = parse_task(task, self.strict_utf8)
+        return self.wrap(docs, where, nbytes, bad)
 
-    def _decode(self, data: bytes, file: str, offset: int, bad: dict[str, list[int]],
-                first_line: int | None = None) -> str:
-        try:
-            return data.decode('utf-8')
-        except UnicodeDecodeError as err:
-            if self.strict_utf8:
-                where = f'{file}: byte {offset + err.start:,}'
-                if first_line is not None:
-                    line = first_line + data.count(b'\n', 0, err.start)
-                    where += f' (line {line})'
-                raise DataError(f'{where}: invalid UTF-8 ({err.reason}). Re-encode the file as '
-                                'UTF-8, or drop --strict_utf8 to replace invalid bytes with '
-                                'U+FFFD and count them.') from None
-        _counter.count, _counter.first = 0, -1
-        text = data.decode('utf-8', 'foundry.count_utf8')
-        entry = bad.setdefault(file, [0, -1])
-        if entry[1] < 0:
-            entry[1] = offset + _counter.first
-        entry[0] += _counter.count
-        return text
 
-    def _jsonl(self, data: bytes, file: str, first_line: int, text_field: str,
-               offset: int) -> Encoded:
-        bad: dict[str, list[int]] = {}
-        text = self._decode(data, file, offset, bad, first_line)
+def parse_task(task: tuple, strict_utf8: bool = False
+               ) -> tuple[list[str], str, int, dict[str, list[int]]]:
+    """(documents, where, input bytes, invalid UTF-8 per file) of one task, not tokenized."""
+    kind = task[0]
+    bad: dict[str, list[int]] = {}
+    if kind == 'docs':
+        _, docs, where = task
+        return docs, where, sum(len(d) for d in docs if isinstance(d, str)), bad
+    if kind == 'jsonl':
+        _, data, file, first_line, text_field, offset = task
+        text = decode_utf8(data, file, offset, bad, strict_utf8, first_line)
         docs = []
         loads = json.loads
         for i, line in enumerate(text.split('\n')):
@@ -250,7 +223,36 @@ class Encoder:
                                 'one JSON object per line (JSON Lines) or a single JSON '
                                 'array.') from None
             docs.append(text_of(record, text_field, f'{file}:{first_line + i}'))
-        return self.wrap(docs, file, len(data), bad)
+        return docs, file, len(data), bad
+    if kind == 'blobs':
+        _, blobs, names = task
+        docs = [decode_utf8(blob, name, 0, bad, strict_utf8) for blob, name in zip(blobs, names)]
+        return docs, names[0] if names else 'text files', sum(map(len, blobs)), bad
+    raise ValueError(f'unknown task kind {kind!r}')
+
+
+def decode_utf8(data: bytes, file: str, offset: int, bad: dict[str, list[int]],
+                strict: bool = False, first_line: int | None = None) -> str:
+    """Decode, replacing invalid sequences with U+FFFD and counting them in ``bad[file]``
+    (count, byte offset of the first); with ``strict``, the first one is a DataError."""
+    try:
+        return data.decode('utf-8')
+    except UnicodeDecodeError as err:
+        if strict:
+            where = f'{file}: byte {offset + err.start:,}'
+            if first_line is not None:
+                line = first_line + data.count(b'\n', 0, err.start)
+                where += f' (line {line})'
+            raise DataError(f'{where}: invalid UTF-8 ({err.reason}). Re-encode the file as '
+                            'UTF-8, or drop --strict_utf8 to replace invalid bytes with '
+                            'U+FFFD and count them.') from None
+    _counter.count, _counter.first = 0, -1
+    text = data.decode('utf-8', 'foundry.count_utf8')
+    entry = bad.setdefault(file, [0, -1])
+    if entry[1] < 0:
+        entry[1] = offset + _counter.first
+    entry[0] += _counter.count
+    return text
 
 
 _IDENTITY_ON_ASCII = {'NFC', 'NFD', 'NFKC', 'NFKD'}

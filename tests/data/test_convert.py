@@ -167,7 +167,7 @@ def test_text_folder_reader_is_sorted_and_recursive(tmp_path):
     assert list(iter_text_documents(str(tmp_path))) == ['ay', 'bee']
     (tmp_path / 'empty').mkdir()
     (tmp_path / 'empty' / 'notes.md').write_text('skip me')
-    with pytest.raises(DataError, match='no .txt files'):
+    with pytest.raises(DataError, match=r'no text files \(\.txt\)'):
         list(iter_text_documents(str(tmp_path / 'empty')))
 
 
