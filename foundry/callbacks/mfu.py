@@ -71,12 +71,12 @@ def cpu_core_count() -> int:
         return os.cpu_count() or 1
 
 
-def measure_cpu_peak_flops(seconds: float = 1.0, n: int = 1024) -> float:
+def measure_cpu_peak_flops(seconds: float = 1.0, n: int = 1024, cache: bool = True) -> float:
     """Best fp32 GEMM rate (FLOP/s) of this machine on all its cores, over about `seconds`.
 
-    Cached per process: a second run of the same fit does not measure again.
+    Cached per process (a second fit does not measure again) unless `cache` is False.
     """
-    if seconds in _CPU_PEAK_CACHE:
+    if cache and seconds in _CPU_PEAK_CACHE:
         return _CPU_PEAK_CACHE[seconds]
     threads = torch.get_num_threads()
     torch.set_num_threads(cpu_core_count())
@@ -96,7 +96,8 @@ def measure_cpu_peak_flops(seconds: float = 1.0, n: int = 1024) -> float:
                 break
     finally:
         torch.set_num_threads(threads)
-    _CPU_PEAK_CACHE[seconds] = best
+    if cache:
+        _CPU_PEAK_CACHE[seconds] = best
     return best
 
 

@@ -38,7 +38,8 @@ log interval 1 batch) are timestamped as they arrive.
   peak RSS MiB   the largest sum of resident memory over the launched process tree, sampled
                  every 50 ms (launcher included)
   MFU            model FLOPs (llm-foundry's formula, foundry.models.flops) per second, over the
-                 CPU's fp32 GEMM peak measured here once before the runs (all cores)
+                 CPU's fp32 GEMM peak (all cores): measured before every run, the best of those
+                 measurements is used (load from other processes only lowers a measurement)
 Each run gets its own TMPDIR (both trainers; see run setup). Runs alternate between the
 trainers, `--repeats` times; the table shows the median of repeats,
 and the load average seen before each run. Other engineers share this machine's cores: compare
@@ -89,6 +90,7 @@ class Result:
     median_step_tokens_per_sec: float = float("nan")
     first_batch_sec: float = float("nan")
     peak_rss_mib: float = float("nan")
+    model_flops_per_sec: float = float("nan")
     mfu: float = float("nan")
     load: str = ""
     note: str = ""
@@ -207,7 +209,7 @@ def flops_per_batch(config: str) -> float:
     return c["batch"] * flops_per_sequence(mc, c["seq"])
 
 
-def measure(side: str, config: str, args, peak_flops: float, llmf_python: Path, variant: dict) -> Result:
+def measure(side: str, config: str, args, llmf_python: Path, variant: dict) -> Result:
     c = CONFIGS[config]
     tokenizer = bench_data.tokenizer_dir(c["vocab"])
     n_samples = c["batch"] * (args.batches + 2)
@@ -259,7 +261,7 @@ def measure(side: str, config: str, args, peak_flops: float, llmf_python: Path, 
     res.tokens_per_sec = steps * c["batch"] * c["seq"] / seconds
     res.first_batch_sec = at[1]
     res.peak_rss_mib = raw["peak_rss"] / 2 ** 20
-    res.mfu = flops_per_batch(config) * steps / seconds / peak_flops
+    res.model_flops_per_sec = flops_per_batch(config) * steps / seconds  # MFU: over the best peak, at the end
     res.batch_times = [at[i + 1] - at[i] for i in range(1, args.batches)]
     res.median_step_tokens_per_sec = c["batch"] * c["seq"] / statistics.median(res.batch_times[w - 1:])
     if not args.keep:
@@ -277,7 +279,7 @@ def print_table(config: str, by_side: dict[str, list[Result]], baseline: str, pe
     c = CONFIGS[config]
     print(f"\n== config ({config}): d_model {c['d_model']}, {c['n_layers']} layers, {c['n_heads']} heads, "
           f"seq {c['seq']}, vocab {c['vocab']:,}, batch {c['batch']}, {c['nproc']} process(es)"
-          f"{', FSDP' if c['fsdp'] else ''}, fp32; CPU peak {peak / 1e9:.1f} GFLOP/s")
+          f"{', FSDP' if c['fsdp'] else ''}, fp32; CPU peak (best measured) {peak / 1e9:.1f} GFLOP/s")
     head = (f"{'side':<13}{'tokens/s':>11}{'MFU':>8}{'tok/s med step':>16}{'first batch s':>15}"
             f"{'peak RSS MiB':>14}{'runs':>6}  loads")
     print(head)
@@ -325,7 +327,7 @@ def main(argv=None) -> int:
     from foundry.callbacks.mfu import measure_cpu_peak_flops
 
     print(f"load average before: {os.getloadavg()}; cores: {psutil.cpu_count()}", flush=True)
-    peak = measure_cpu_peak_flops(seconds=2.0)
+    peak = measure_cpu_peak_flops(seconds=2.0, cache=False)
     print(f"CPU fp32 GEMM peak (all cores, measured now): {peak / 1e9:.1f} GFLOP/s", flush=True)
 
     variants = {"foundry": {"trainer": "foundry"}, "llm-foundry": {"trainer": "llm-foundry"}}
@@ -344,15 +346,20 @@ def main(argv=None) -> int:
                 variant = dict(variants[name])
                 if config == "b" and variant["trainer"] == "llm-foundry" and args.llmf_b_ddp:
                     variant["fsdp_ddp"] = True
-                print(f"  [{config}] repeat {rep + 1}/{args.repeats}: {name} (load {os.getloadavg()[0]:.2f})",
-                      flush=True)
-                r = measure(name, config, args, peak, llmf_python, variant)
+                now_peak = measure_cpu_peak_flops(seconds=1.0, cache=False)
+                peak = max(peak, now_peak)
+                print(f"  [{config}] repeat {rep + 1}/{args.repeats}: {name} (load {os.getloadavg()[0]:.2f}, "
+                      f"GEMM peak now {now_peak / 1e9:.0f} GFLOP/s)", flush=True)
+                r = measure(name, config, args, llmf_python, variant)
                 if r.ok:
                     print(f"    {r.tokens_per_sec:,.0f} tokens/s ({r.median_step_tokens_per_sec:,.0f} at the median "
                           f"step), first batch {r.first_batch_sec:.1f} s, "
-                          f"peak RSS {r.peak_rss_mib:,.0f} MiB, MFU {r.mfu * 100:.2f}%", flush=True)
+                          f"peak RSS {r.peak_rss_mib:,.0f} MiB, {r.model_flops_per_sec / 1e9:.1f} model GFLOP/s", flush=True)
                 by_side[name].append(r)
                 all_results.append(r)
+        for results in by_side.values():
+            for r in results:
+                r.mfu = r.model_flops_per_sec / peak
         print_table(config, by_side, "llm-foundry", peak)
         sys.stdout.flush()
     if args.json:
