@@ -138,6 +138,9 @@ def test_wandb_offline_logs_in_tiny_trainer(tmp_path, monkeypatch, caplog):
     monkeypatch.setenv('WANDB_MODE', 'offline')
     monkeypatch.setenv('WANDB_DIR', str(tmp_path))
     monkeypatch.setenv('WANDB_SILENT', 'true')
+    import wandb
+
+    wandb.teardown()  # a wandb service left by an earlier in-process run would keep the old settings
     cfg = {'wandb': {'project': 'foundry-test', 'name': 'tiny', 'tags': ['ci'], 'init_kwargs': {'notes': 'offline'}}}
     loggers = build_loggers(cfg)
     assert len(loggers) == 1 and isinstance(loggers[0], WandBLogger)
