@@ -193,9 +193,13 @@ def _count(n: float | None, exact: bool = True) -> str:
 def format_mixture(report: MixtureReport, global_batch_size: int, seq_len: int,
                    max_duration: Any) -> str:
     lines = []
-    run = (f'{max_duration} = {_count(report.run_samples)} samples x {seq_len} = '
-           f'{_count(report.run_tokens)} tokens' if report.run_samples is not None
-           else f'{max_duration} (run length unknown)')
+    if report.run_samples is not None:
+        run = (f'{max_duration} = {_count(report.run_samples)} samples x {seq_len} = '
+               f'{_count(report.run_tokens)} tokens')
+    elif max_duration is None:
+        run = 'none (evaluated, not trained on)'
+    else:
+        run = f'{max_duration} (length unknown until every stream is sized)'
     lines.append(f'{report.label} mixture: {len(report.streams)} stream(s); run: {run} '
                  f'(global batch {global_batch_size})')
     header = ('stream', 'weight', 'share', 'tokens', 'samples', 'epochs', 'run tokens', 'where')
