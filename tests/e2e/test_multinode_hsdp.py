@@ -70,7 +70,10 @@ def _run_nodes(nodes: int, local: int, overrides: list[str], run_dir: str, isola
     port = _free_port()
     procs = []
     for node in range(nodes):
-        env = {**os.environ, 'PYTHONUNBUFFERED': '1', 'COMPOSER': COMPOSER,
+        # Each simulated machine gets its own /tmp, as real nodes have (machine-wide locks live there).
+        node_tmp = os.path.join(run_dir, f'node{node}.tmp')
+        os.makedirs(node_tmp, exist_ok=True)
+        env = {**os.environ, 'PYTHONUNBUFFERED': '1', 'COMPOSER': COMPOSER, 'TMPDIR': node_tmp,
                'MASTER_ADDR': '127.0.0.1', 'MASTER_PORT': str(port), 'NODE_RANK': str(node),
                'WORLD_SIZE': str(nodes * local), 'LOCAL_WORLD_SIZE': str(local),
                'FOUNDRY_LOG_DIR': os.path.join(run_dir, f'node{node}')}
