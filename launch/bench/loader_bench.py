@@ -152,7 +152,9 @@ def main() -> int:
     parser.add_argument('--ranks', type=int, default=2)
     parser.add_argument('--workers', default='0,2', help='DataLoader workers to try, e.g. 0,2')
     parser.add_argument('--batches', type=int, default=60, help='timed batches per rank')
-    parser.add_argument('--mb', type=float, default=12.0, help='input text for the dataset (MB)')
+    parser.add_argument('--mb', type=float, default=24.0, help='input text for the dataset (MB)')
+    parser.add_argument('--repeat', type=int, default=3,
+                        help='measurements per configuration, interleaved; the median counts')
     args = parser.parse_args()
     if not os.path.isfile(NEOX):
         raise SystemExit(f'[loader-bench] the GPT-NeoX tokenizer is missing at {NEOX}')
@@ -167,20 +169,29 @@ def main() -> int:
         batches = min(args.batches, per_rank)
         print(f'[loader-bench] dataset: {samples:,} samples x {SEQ} tokens; {batches} timed '
               f'batches of {BATCH} per rank; load {load()}', flush=True)
-        rows = []
-        for source_name, source in (('local disk', local), ('S3 (moto, loopback)', remote)):
-            for workers in (int(w) for w in args.workers.split(',')):
+        configs = [(name, source, int(w)) for name, source in
+                   (('local disk', local), ('S3 (moto, loopback)', remote))
+                   for w in args.workers.split(',')]
+        samples_of: dict[tuple, list] = {c[::2]: [] for c in configs}
+        for round_ in range(args.repeat):  # round-robin, so load changes hit all alike
+            for source_name, source, workers in configs:
                 results = measure(source, args.ranks, workers, batches, work)
                 rate = [r['tokens'] / r['seconds'] for r in results]
                 first = max(r['first_batch_s'] for r in results)
-                rows.append((source_name, workers, rate, first))
-                print(f'[loader-bench] {source_name}, {workers} workers: '
+                samples_of[(source_name, workers)].append((rate, first))
+                print(f'[loader-bench] round {round_ + 1}: {source_name}, {workers} workers: '
                       + ', '.join(f'rank {i} {x:,.0f} tok/s' for i, x in enumerate(rate))
-                      + f'; first batch after {first:.2f}s', flush=True)
+                      + f'; first batch after {first:.2f}s (load {load()})', flush=True)
+        rows = []
+        for (source_name, workers), runs in samples_of.items():
+            ranks = list(zip(*(rate for rate, _ in runs)))
+            median = [sorted(r)[len(r) // 2] for r in ranks]
+            first = sorted(f for _, f in runs)[len(runs) // 2]
+            rows.append((source_name, workers, median, first))
         print(f'\n=== train loader alone: {args.ranks} ranks on this machine, batch {BATCH} x '
               f'{SEQ}, shuffle on; load average {load()} ===')
         print(f'  {"source":<22} {"workers":>7} {"tokens/s per rank (mean)":>26} '
-              f'{"min rank":>12} {"first batch":>12}')
+              f'{"min rank":>12} {"first batch":>12}   (medians of {args.repeat} runs)')
         for source_name, workers, rate, first in rows:
             print(f'  {source_name:<22} {workers:>7} {sum(rate) / len(rate):>26,.0f} '
                   f'{min(rate):>12,.0f} {first:>11.2f}s')
