@@ -68,12 +68,3 @@ def make_bucket(s3_endpoint):
 
     return create
 
-
-@pytest.fixture(autouse=True)
-def no_leftover_process_group():
-    """Tear down a process group an in-process test left behind, so the next test starts clean."""
-    yield
-    import torch.distributed as torch_dist
-
-    if torch_dist.is_available() and torch_dist.is_initialized():
-        torch_dist.destroy_process_group()
