@@ -96,6 +96,17 @@ def test_persistent_failures_name_bucket_and_key(remote, s3_endpoint, tmp_path):
             pass
 
 
+def cached_bytes(local) -> int:
+    """Bytes of shards in the cache now; streaming may evict a file between listing and stat."""
+    total = 0
+    for f in local.rglob('*.mds'):
+        try:
+            total += f.stat().st_size
+        except FileNotFoundError:
+            pass
+    return total
+
+
 def test_cache_limit_bounds_the_local_cache(remote, tmp_path, tiny_tokenizer):
     local = tmp_path / 'cache'
     limit = 30_000
@@ -105,7 +116,7 @@ def test_cache_limit_bounds_the_local_cache(remote, tmp_path, tiny_tokenizer):
     for i, sample in enumerate(ds):
         seen.append(sample['input_ids'].tolist())
         if i % 5 == 0:
-            peak = max(peak, sum(f.stat().st_size for f in local.rglob('*.mds')))
+            peak = max(peak, cached_bytes(local))
     total = sum(s.raw_data.bytes for s in ds.shards)
     assert len(seen) == len(ds)
     assert 0 < peak <= limit < total  # the whole dataset never sat in the cache at once
