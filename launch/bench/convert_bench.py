@@ -13,7 +13,8 @@
    --fast_bpe, tiktoken's BPE in a process per core), then llm-foundry.
    Each run is a fresh subprocess timed from start to exit (imports included); llm-foundry's
    Hugging Face datasets cache is a fresh temporary folder, so nothing is reused between runs.
-4. Prints wall times (best of --repeat interleaved rounds), tokens/s, the speed-up, the machine
+4. Prints wall times (best of --repeat interleaved rounds), CPU seconds (user + sys of the whole
+   process tree: the load-independent measure of work), tokens/s, the speed-ups, the machine
    load after every run, and checks that every foundry output holds the same token stream as
    llm-foundry's: decodes every sample of both (foundry uint16, llm-foundry int32/uint32) and
    compares every id and every sample boundary.
@@ -150,9 +151,14 @@ convert_dataset_json_from_args(path=path, out_root=out_root, compression=None,
 
 
 def timed(cmd: list[str], env: dict | None = None) -> tuple[float, subprocess.CompletedProcess]:
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})})
     seconds = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    timed.last_cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if proc.returncode != 0:
         raise SystemExit(f'[bench] failed: {" ".join(cmd)}\n{proc.stdout[-2000:]}\n'
                          f'{proc.stderr[-4000:]}')
@@ -205,6 +211,7 @@ def main() -> int:
     work = tempfile.mkdtemp(prefix='convert-bench-', dir=BENCH)
     modes = args.modes.split(',') + ([] if python_lf is None else ['llm-foundry'])
     times: dict[str, list[float]] = {m: [] for m in modes}
+    cpu: dict[str, list[float]] = {m: [] for m in modes}  # user + sys seconds, whole process tree
     loads: list[str] = []
     labels: dict[str, str] = {}
     outputs: dict[str, tuple[int, str]] = {}
@@ -220,13 +227,15 @@ def main() -> int:
                     out = os.path.join(out, 'train')
                 labels[mode] = label
                 times[mode].append(seconds)
+                cpu[mode].append(timed.last_cpu)
                 loads.append(load())
                 if mode in outputs:
                     shutil.rmtree(os.path.dirname(outputs[mode][1]) if mode != 'llm-foundry'
                                   else outputs[mode][1], ignore_errors=True)
                 outputs[mode] = (tokens, out)
-                print(f'[bench] round {round_ + 1}: {label}: {seconds:.1f}s wall, {tokens:,} '
-                      f'tokens, {tokens / seconds:,.0f} tokens/s (load {load()})', flush=True)
+                print(f'[bench] round {round_ + 1}: {label}: {seconds:.1f}s wall, '
+                      f'{timed.last_cpu:.1f} CPU-s, {tokens:,} tokens, {tokens / seconds:,.0f} '
+                      f'tokens/s (load {load()})', flush=True)
 
         print('\n=== conversion benchmark: GPT-NeoX-20B tokenizer, concat 2048, eos '
               f"'{EOS}', {os.path.getsize(corpus) / 1e6:.1f} MB JSONL, {os.cpu_count()} cores ===")
@@ -237,7 +246,7 @@ def main() -> int:
             tokens = outputs[mode][0]
             runs = ', '.join(f'{t:.1f}' for t in times[mode])
             print(f'  {labels[mode]:<42} best {best[mode]:6.1f} s  {tokens / best[mode]:>11,.0f} '
-                  f'tokens/s  (runs: {runs} s)')
+                  f'tokens/s  CPU {min(cpu[mode]):6.1f} s  (runs: {runs} s)')
         if python_lf is None:
             return 0
         import numpy as np
@@ -249,8 +258,10 @@ def main() -> int:
             ours = read_samples(outputs[mode][1])
             same = (len(ours) == len(ref) and
                     all(np.array_equal(a, b) for a, b in zip(ours, ref)))
-            print(f'  {labels[mode]}: {ratio:.2f}x llm-foundry; same token stream (every id and '
-                  f'sample boundary of {len(ref):,} samples): {same}')
+            cpu_ratio = min(cpu['llm-foundry']) / min(cpu[mode])
+            print(f'  {labels[mode]}: {ratio:.2f}x llm-foundry in wall time, {cpu_ratio:.2f}x '
+                  f'less CPU; same token stream (every id and sample boundary of {len(ref):,} '
+                  f'samples): {same}')
             ok = ok and same
         fastest = min(modes[:-1], key=lambda m: best[m])
         ratio = best['llm-foundry'] / best[fastest]
