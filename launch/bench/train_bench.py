@@ -33,6 +33,9 @@ log interval 1 batch) are timestamped as they arrive.
                  and batch N (steady state; the first batches include allocation warm-up)
   tok/s med step tokens of one batch over the median time between consecutive batch lines after
                  warm-up: less sensitive to bursts of load from other processes on the machine
+  tok/CPU-s      the same tokens over the CPU time (user + system) the launched process tree
+                 spent in that window: the least sensitive to other processes (they take wall
+                 time, not this tree's CPU time; spinning thread pools still count)
   first batch s  from launching the command to the line of batch 1 (imports, model build, data
                  loader start, first step)
   peak RSS MiB   the largest sum of resident memory over the launched process tree, sampled
@@ -88,6 +91,7 @@ class Result:
     ok: bool
     tokens_per_sec: float = float("nan")
     median_step_tokens_per_sec: float = float("nan")
+    tokens_per_cpu_sec: float = float("nan")
     first_batch_sec: float = float("nan")
     peak_rss_mib: float = float("nan")
     model_flops_per_sec: float = float("nan")
@@ -160,8 +164,23 @@ def run_one(cmd: list[str], env: dict, cwd: Path, timeout: float, log_path: Path
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=env, cwd=str(cwd), bufsize=1)
     batch_at: dict[int, float] = {}
+    cpu_at: dict[int, float] = {}
     peak = [0]
     done = threading.Event()
+    tree_cpu = {}  # pid -> last seen user+system seconds (a process that exits keeps its last value)
+
+    def cpu_seconds() -> float:
+        try:
+            root = psutil.Process(proc.pid)
+            for p in [root] + root.children(recursive=True):
+                try:
+                    t = p.cpu_times()
+                    tree_cpu[p.pid] = t.user + t.system
+                except psutil.Error:
+                    pass
+        except psutil.Error:
+            pass
+        return sum(tree_cpu.values())
 
     def sample():
         root = psutil.Process(proc.pid)
@@ -187,8 +206,9 @@ def run_one(cmd: list[str], env: dict, cwd: Path, timeout: float, log_path: Path
                 now = time.perf_counter() - t0
                 log.write(f"{now:10.3f} {line}")
                 m = BATCH_LINE.search(line)
-                if m:
-                    batch_at.setdefault(int(m.group(1)), now)
+                if m and int(m.group(1)) not in batch_at:
+                    batch_at[int(m.group(1))] = now
+                    cpu_at[int(m.group(1))] = cpu_seconds()
                 if now > timeout:
                     proc.kill()
                     break
@@ -196,7 +216,8 @@ def run_one(cmd: list[str], env: dict, cwd: Path, timeout: float, log_path: Path
             rc = proc.wait()
             done.set()
             sampler.join()
-    return {"rc": rc, "batch_at": batch_at, "peak_rss": peak[0], "wall": time.perf_counter() - t0}
+    return {"rc": rc, "batch_at": batch_at, "cpu_at": cpu_at, "peak_rss": peak[0],
+            "wall": time.perf_counter() - t0}
 
 
 def flops_per_batch(config: str) -> float:
@@ -264,6 +285,8 @@ def measure(side: str, config: str, args, llmf_python: Path, variant: dict) -> R
     res.model_flops_per_sec = flops_per_batch(config) * steps / seconds  # MFU: over the best peak, at the end
     res.batch_times = [at[i + 1] - at[i] for i in range(1, args.batches)]
     res.median_step_tokens_per_sec = c["batch"] * c["seq"] / statistics.median(res.batch_times[w - 1:])
+    cpu = raw["cpu_at"][args.batches] - raw["cpu_at"][w]
+    res.tokens_per_cpu_sec = steps * c["batch"] * c["seq"] / cpu if cpu > 0 else float("nan")
     if not args.keep:
         shutil.rmtree(run_dir, ignore_errors=True)
     return res
@@ -280,7 +303,7 @@ def print_table(config: str, by_side: dict[str, list[Result]], baseline: str, pe
     print(f"\n== config ({config}): d_model {c['d_model']}, {c['n_layers']} layers, {c['n_heads']} heads, "
           f"seq {c['seq']}, vocab {c['vocab']:,}, batch {c['batch']}, {c['nproc']} process(es)"
           f"{', FSDP' if c['fsdp'] else ''}, fp32; CPU peak (best measured) {peak / 1e9:.1f} GFLOP/s")
-    head = (f"{'side':<13}{'tokens/s':>11}{'MFU':>8}{'tok/s med step':>16}{'first batch s':>15}"
+    head = (f"{'side':<13}{'tokens/s':>11}{'MFU':>8}{'tok/s med step':>16}{'tok/CPU-s':>11}{'first batch s':>15}"
             f"{'peak RSS MiB':>14}{'runs':>6}  loads")
     print(head)
     base = by_side.get(baseline, [])
@@ -289,17 +312,19 @@ def print_table(config: str, by_side: dict[str, list[Result]], baseline: str, pe
         loads = ",".join(r.load for r in results)
         notes = "; ".join(r.note for r in results if r.note)
         print(f"{side:<13}{median(results, 'tokens_per_sec'):>11.0f}{median(results, 'mfu') * 100:>7.2f}%"
-              f"{median(results, 'median_step_tokens_per_sec'):>16.0f}{median(results, 'first_batch_sec'):>15.1f}{median(results, 'peak_rss_mib'):>14.0f}"
+              f"{median(results, 'median_step_tokens_per_sec'):>16.0f}{median(results, 'tokens_per_cpu_sec'):>11.0f}"
+              f"{median(results, 'first_batch_sec'):>15.1f}{median(results, 'peak_rss_mib'):>14.0f}"
               f"{len(ok):>4}/{len(results)}  {loads}{'  ' + notes if notes else ''}")
     for side, results in by_side.items():
         if side == baseline or not base:
             continue
         tps = median(results, "tokens_per_sec") / median(base, "tokens_per_sec")
         med = median(results, "median_step_tokens_per_sec") / median(base, "median_step_tokens_per_sec")
+        cpu = median(results, "tokens_per_cpu_sec") / median(base, "tokens_per_cpu_sec")
         fb = median(results, "first_batch_sec") / median(base, "first_batch_sec")
         mem = median(results, "peak_rss_mib") / median(base, "peak_rss_mib")
-        print(f"ratio {side}/{baseline}: tokens/s {tps:.2f}x (median step {med:.2f}x), first batch {fb:.2f}x, "
-              f"peak RSS {mem:.2f}x")
+        print(f"ratio {side}/{baseline}: tokens/s {tps:.2f}x (median step {med:.2f}x, per CPU-second {cpu:.2f}x), "
+              f"first batch {fb:.2f}x, peak RSS {mem:.2f}x")
 
 
 def main(argv=None) -> int:
@@ -353,7 +378,7 @@ def main(argv=None) -> int:
                 r = measure(name, config, args, llmf_python, variant)
                 if r.ok:
                     print(f"    {r.tokens_per_sec:,.0f} tokens/s ({r.median_step_tokens_per_sec:,.0f} at the median "
-                          f"step), first batch {r.first_batch_sec:.1f} s, "
+                          f"step, {r.tokens_per_cpu_sec:,.0f} per CPU-second), first batch {r.first_batch_sec:.1f} s, "
                           f"peak RSS {r.peak_rss_mib:,.0f} MiB, {r.model_flops_per_sec / 1e9:.1f} model GFLOP/s", flush=True)
                 by_side[name].append(r)
                 all_results.append(r)
