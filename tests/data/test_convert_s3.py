@@ -62,8 +62,9 @@ def test_text_and_gzipped_jsonl_inputs_from_s3(s3_endpoint, make_bucket, tmp_pat
         put(s3_endpoint, 'conv-in', f'texts/{i:02d}.txt', DOCS[i].encode())
     put(s3_endpoint, 'conv-in', 'texts/skip.md', b'not a .txt file')
     put(s3_endpoint, 'conv-in', 'texts/bad.txt', b'invalid \xff byte')
-    summary = convert(TextSource('s3://conv-in/texts'), str(tmp_path / 'a'), tiny_tokenizer, 8,
-                      progress=False, verbose=False)
+    with pytest.warns(UserWarning, match='invalid UTF-8 in 1 input file'):
+        summary = convert(TextSource('s3://conv-in/texts'), str(tmp_path / 'a'), tiny_tokenizer,
+                          8, progress=False, verbose=False)
     assert summary.documents == 6
     assert summary.invalid_utf8 == {'s3://conv-in/texts/bad.txt': [1, 8]}
 

@@ -161,8 +161,9 @@ def test_invalid_utf8_is_replaced_counted_and_located(tiny_tokenizer, tmp_path):
     folder.mkdir()
     (folder / 'good.txt').write_text('plain text ' * 20)
     (folder / 'bad.txt').write_bytes(b'caf\xe9 au lait ' * 3 + b'and \xff\xfe end ' * 10)
-    summary = convert(TextSource(str(folder)), str(tmp_path / 'out'), tiny_tokenizer, 8,
-                      progress=False, verbose=False)
+    with pytest.warns(UserWarning, match='invalid UTF-8 in 1 input file'):
+        summary = convert(TextSource(str(folder)), str(tmp_path / 'out'), tiny_tokenizer, 8,
+                          progress=False, verbose=False)
     bad = str(folder / 'bad.txt')
     assert summary.invalid_utf8 == {bad: [23, 3]}
     assert f'invalid UTF-8: 23 byte sequences replaced by U+FFFD in 1 file(s): {bad}: 23 (first '\
@@ -180,8 +181,9 @@ def test_invalid_utf8_is_replaced_counted_and_located(tiny_tokenizer, tmp_path):
 def test_invalid_utf8_in_jsonl_reports_byte_offset_and_line(tiny_tokenizer, tmp_path):
     data = b'{"text": "fine"}\n{"text": "bro\xc3 ken"}\n'
     (tmp_path / 'd.jsonl').write_bytes(data)
-    summary = convert(JsonSource(str(tmp_path / 'd.jsonl')), str(tmp_path / 'out'),
-                      tiny_tokenizer, 2, progress=False, verbose=False)
+    with pytest.warns(UserWarning, match='invalid UTF-8 in 1 input file'):
+        summary = convert(JsonSource(str(tmp_path / 'd.jsonl')), str(tmp_path / 'out'),
+                          tiny_tokenizer, 2, progress=False, verbose=False)
     assert summary.invalid_utf8 == {str(tmp_path / 'd.jsonl'): [1, data.index(b'\xc3')]}
     with pytest.raises(DataError, match=r'd\.jsonl: byte 30 \(line 2\): invalid UTF-8'):
         convert(JsonSource(str(tmp_path / 'd.jsonl')), str(tmp_path / 'strict'), tiny_tokenizer,
@@ -190,8 +192,9 @@ def test_invalid_utf8_in_jsonl_reports_byte_offset_and_line(tiny_tokenizer, tmp_
 
 def test_lone_surrogate_escapes_are_counted_not_dropped(tiny_tokenizer, tmp_path):
     (tmp_path / 's.jsonl').write_text('{"text": "half \\udc80 pair"}\n{"text": "ok ok ok"}\n')
-    summary = convert(JsonSource(str(tmp_path / 's.jsonl')), str(tmp_path / 'out'),
-                      tiny_tokenizer, 2, progress=False, verbose=False)
+    with pytest.warns(UserWarning, match='invalid UTF-8 in 1 input file'):
+        summary = convert(JsonSource(str(tmp_path / 's.jsonl')), str(tmp_path / 'out'),
+                          tiny_tokenizer, 2, progress=False, verbose=False)
     assert summary.documents == 2 and summary.invalid_utf8_count == 1
 
 
