@@ -221,5 +221,20 @@ def main(argv: Optional[list[str]] = None) -> int:
     except (ConfigError, DataError) as e:
         kind = 'config error' if isinstance(e, ConfigError) else 'data error'
         print(f'foundry: {kind}: {e}', file=sys.stderr)
+        _let_local_rank_zero_exit_first()
         return 2
     return 0
+
+
+def _let_local_rank_zero_exit_first(grace_seconds: float = 5.0) -> None:
+    """Delay the exit of every process but local rank 0 after a user error.
+
+    Composer's launcher shows only local rank 0's stderr on the console and kills the
+    other processes as soon as one exits. Every rank finds the same bad key; if rank 1
+    exits first, rank 0 is killed before it prints, and the user sees only
+    "Rank 1 crashed with exit code 2". Rank 0 prints and exits within the grace period.
+    """
+    import time
+
+    if int(os.environ.get('LOCAL_RANK', '0')) != 0:
+        time.sleep(grace_seconds)
