@@ -68,3 +68,19 @@ def make_bucket(s3_endpoint):
 
     return create
 
+
+
+@pytest.fixture
+def no_process_group():
+    """Start the test with no torch.distributed group in this process.
+
+    Composer's Trainer, run in-process by earlier tests, leaves its 1-rank group up (it never
+    destroys it). Tests that build their own group, or fake RANK, take that one down first
+    instead of skipping, so they run in the full suite too. Not autouse: module-scoped fixtures
+    elsewhere keep their own groups across tests.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    yield

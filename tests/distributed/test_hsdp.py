@@ -19,13 +19,11 @@ import torch
 
 
 @pytest.fixture
-def fake_world_of_4():
+def fake_world_of_4(no_process_group):
     """A fake 4-rank process group in this process: meshes and groups without peers or traffic."""
     import torch.distributed as dist
     from torch.testing._internal.distributed.fake_pg import FakeStore
 
-    if dist.is_initialized():
-        pytest.skip('a process group is already up')
     dist.init_process_group('fake', rank=0, world_size=4, store=FakeStore())
     try:
         yield

@@ -124,11 +124,7 @@ def test_step_that_returns_is_rewritten_complete(tmp_path):
     assert read_metrics(path)[5] == {'time/batch': 5, 'metrics/eval/Accuracy': 0.5}
 
 
-def test_only_global_rank_zero_writes(tmp_path, monkeypatch):
-    import torch.distributed
-
-    if torch.distributed.is_initialized():
-        pytest.skip('a process group is already up in this pytest process; RANK cannot be faked')
+def test_only_global_rank_zero_writes(tmp_path, monkeypatch, no_process_group):
     monkeypatch.setenv('RANK', '1')  # what composer.utils.dist reads when no process group is up
     path = tmp_path / 'metrics.jsonl'
     logger = JSONLinesLogger(path)

@@ -99,14 +99,12 @@ def test_works_under_composer_scheduler():
     assert clone.param_groups[0]['initial_lr'] == 0.1
 
 
-def test_dtensor_params_match_plain_tensors(tmp_path):
+def test_dtensor_params_match_plain_tensors(tmp_path, no_process_group):
     """FSDP2 hands the optimizer DTensors; a 1-rank mesh on CPU shows the step is DTensor-clean."""
     import torch.distributed as tdist
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor import DTensor, Shard, distribute_tensor
 
-    if tdist.is_initialized():
-        pytest.skip('a process group is already up')
     tdist.init_process_group('gloo', init_method=f'file://{tmp_path}/store', rank=0, world_size=1)
     try:
         mesh = init_device_mesh('cpu', (1,))
