@@ -7,7 +7,6 @@ signature) for the config validator.
 
 from __future__ import annotations
 
-import copy
 from typing import Any, Callable, Mapping
 
 from composer.callbacks import LRMonitor, MemoryMonitor, OptimizerMonitor, RuntimeEstimator, SpeedMonitor
@@ -15,7 +14,7 @@ from composer.core import Callback
 
 from foundry.checkpoint.hf_checkpointer import HuggingFaceCheckpointer
 from foundry.callbacks.mfu import ThroughputMonitor
-from foundry.optim.registry import check_kwargs, check_name, required_keys, signature_keys
+from foundry.registry import build_each, signature_keys
 
 CALLBACKS: dict[str, Callable[..., Callback]] = {
     'speed_monitor': SpeedMonitor,  # throughput/* over a window_size-batch window
@@ -35,11 +34,4 @@ def build_callbacks(cfg: Mapping[str, Mapping[str, Any] | None] | None) -> list[
 
     Raises ValueError for an unknown name or key, suggesting the nearest valid one.
     """
-    callbacks = []
-    for name, kwargs in (cfg or {}).items():
-        check_name(name, CALLBACKS, 'callback')
-        # Deep copy so a callback holding on to a dict (memory_keys) never aliases the config.
-        kwargs = copy.deepcopy(dict(kwargs or {}))
-        check_kwargs(name, kwargs, CALLBACK_KEYS[name], required_keys(CALLBACKS[name]), 'callback')
-        callbacks.append(CALLBACKS[name](**kwargs))
-    return callbacks
+    return build_each(cfg, CALLBACKS, CALLBACK_KEYS, 'callback')

@@ -303,6 +303,19 @@ def _jsonl_tasks(f: IO[bytes], path: str, name: str, start: int, end: int | None
         offset += len(chunk)
 
 
+def _whole_file_parts(source: 'TextSource | ParquetSource', suffixes: tuple[str, ...],
+                      what: str) -> list[Part]:
+    """Parts of whole input files, grouped up to ``source.part_bytes`` (files are never split)."""
+    units = [(e,) for e in _input_files(source.path, suffixes, what)]
+
+    def describe(group: list[tuple]) -> str:
+        name = _display(group[0][0].path, source.path)
+        return name if len(group) == 1 else f'{name} (+{len(group) - 1} more files)'
+
+    return _group(units, source.part_bytes, describe, sizes=lambda u: max(u[0].size, 1),
+                  reader=source._tasks, identity=lambda u: (u[0].path, u[0].size, u[0].version))
+
+
 # -- text files ------------------------------------------------------------------------------
 
 class TextSource(Source):
@@ -316,16 +329,7 @@ class TextSource(Source):
         self.description = f'text files from {path}'
 
     def parts(self) -> list[Part]:
-        entries = _input_files(self.path, TEXT_SUFFIXES, 'text')
-        units = [(e,) for e in entries]
-
-        def describe(group: list[tuple]) -> str:
-            name = _display(group[0][0].path, self.path)
-            return name if len(group) == 1 else f'{name} (+{len(group) - 1} more files)'
-
-        return _group(units, self.part_bytes, describe, sizes=lambda u: max(u[0].size, 1),
-                      reader=self._tasks,
-                      identity=lambda u: (u[0].path, u[0].size, u[0].version))
+        return _whole_file_parts(self, TEXT_SUFFIXES, 'text')
 
     def _tasks(self, units: list[tuple]) -> Iterator[tuple]:
         blobs: list[bytes] = []
@@ -365,16 +369,7 @@ class ParquetSource(Source):
         return {**super().identity(), 'text_field': self.text_field}
 
     def parts(self) -> list[Part]:
-        entries = _input_files(self.path, PARQUET_SUFFIXES, 'Parquet')
-        units = [(e,) for e in entries]
-
-        def describe(group: list[tuple]) -> str:
-            name = _display(group[0][0].path, self.path)
-            return name if len(group) == 1 else f'{name} (+{len(group) - 1} more files)'
-
-        return _group(units, self.part_bytes, describe, sizes=lambda u: max(u[0].size, 1),
-                      reader=self._tasks,
-                      identity=lambda u: (u[0].path, u[0].size, u[0].version))
+        return _whole_file_parts(self, PARQUET_SUFFIXES, 'Parquet')
 
     def _tasks(self, units: list[tuple]) -> Iterator[tuple]:
         import pyarrow as pa

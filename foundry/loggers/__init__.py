@@ -11,13 +11,12 @@ to be synced later with `wandb sync`) or `WANDB_MODE=disabled`.
 
 from __future__ import annotations
 
-import copy
 from typing import Any, Callable, Mapping
 
 from composer.loggers import LoggerDestination, TensorboardLogger
 
 from foundry.loggers.wandb_logger import WandBLogger
-from foundry.optim.registry import check_kwargs, check_name, required_keys, signature_keys
+from foundry.registry import build_each, signature_keys
 
 LOGGERS: dict[str, Callable[..., LoggerDestination]] = {
     # Composer's WandBLogger (project, entity, name, group, tags, log_artifacts, init_kwargs),
@@ -34,11 +33,4 @@ def build_loggers(cfg: Mapping[str, Mapping[str, Any] | None] | None) -> list[Lo
 
     Raises ValueError for an unknown name or key, suggesting the nearest valid one.
     """
-    loggers = []
-    for name, kwargs in (cfg or {}).items():
-        check_name(name, LOGGERS, 'logger')
-        # Deep copy: WandBLogger writes project/name/... into the init_kwargs dict it is given.
-        kwargs = copy.deepcopy(dict(kwargs or {}))
-        check_kwargs(name, kwargs, LOGGER_KEYS[name], required_keys(LOGGERS[name]), 'logger')
-        loggers.append(LOGGERS[name](**kwargs))
-    return loggers
+    return build_each(cfg, LOGGERS, LOGGER_KEYS, 'logger')

@@ -23,7 +23,7 @@ from composer.optim.scheduler import (
 from lion_pytorch import Lion
 
 from foundry.optim.lion import DecoupledLionW
-from foundry.optim.registry import check_kwargs, check_name, required_keys, signature_keys
+from foundry.registry import check_kwargs, check_name, required_keys, signature_keys
 
 OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     'decoupled_lionw': DecoupledLionW,  # what MPT was trained with

@@ -1,6 +1,6 @@
 """Small helpers shared by foundry's name -> builder registries.
 
-Used by the optimizer/scheduler builders here and by `foundry.callbacks` and
+Used by the optimizer/scheduler builders (`foundry.optim`), `foundry.callbacks` and
 `foundry.loggers`, so that every registry reports bad names and keys the same way.
 Key tables are read off the builders' signatures so they cannot drift from the
 Composer/torch versions we pin.
@@ -8,6 +8,7 @@ Composer/torch versions we pin.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import inspect
 from typing import Any, Callable, Iterable, Mapping
@@ -60,6 +61,23 @@ def check_kwargs(name: str, kwargs: Mapping[str, Any], keys: Mapping[str, Any], 
     missing = [k for k in required if k not in kwargs]
     if missing:
         raise ValueError(f"{what} '{name}' needs {', '.join(repr(k) for k in missing)}. Valid keys for '{name}': {valid}")
+
+
+def build_each(cfg: Mapping[str, Mapping[str, Any] | None] | None, registry: Mapping[str, Callable[..., Any]],
+               keys: Mapping[str, Mapping[str, Any]], what: str) -> list[Any]:
+    """One object per `name: {kwargs}` entry of `cfg`, in config order; an entry may be empty.
+
+    Raises ValueError for an unknown name or key, suggesting the nearest valid one. The kwargs are
+    deep-copied: builders keep and even write into dicts they are given (WandBLogger's init_kwargs,
+    MemoryMonitor's memory_keys), which must never alias the config.
+    """
+    built = []
+    for name, kwargs in (cfg or {}).items():
+        check_name(name, registry, what)
+        kwargs = copy.deepcopy(dict(kwargs or {}))
+        check_kwargs(name, kwargs, keys[name], required_keys(registry[name]), what)
+        built.append(registry[name](**kwargs))
+    return built
 
 
 def _params(builder: Callable[..., Any]) -> Iterable[tuple[str, inspect.Parameter]]:
