@@ -14,6 +14,7 @@ import os
 import posixpath
 import re
 import sys
+import warnings
 from typing import Callable, NoReturn
 
 from foundry.data.errors import DataError
@@ -135,6 +136,8 @@ def run_conversion(args: argparse.Namespace, make_source: Callable[[int], object
     from foundry.data.convert import convert
     from foundry.data.tokenizer import load_for_conversion
 
+    # A warning is one line for a user at a terminal, not Python's file:line and source excerpt.
+    warnings.formatwarning = lambda message, *_, **__: f'{prog or "convert"}: warning: {message}\n'
     try:
         kwargs = json.loads(args.tokenizer_kwargs) if args.tokenizer_kwargs else None
         if kwargs is not None and not isinstance(kwargs, dict):

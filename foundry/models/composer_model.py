@@ -10,7 +10,7 @@ happens here, in the loss and the metrics, as in Hugging Face models.
 `loss_fn` (`model.loss_fn` in the YAML): 'torch_crossentropy' makes forward return the logits and
 `loss` score them; 'chunked_crossentropy' makes forward compute the loss inside the model from the
 hidden states (foundry.models.mpt.loss), so full-vocabulary logits never exist in training.
-('fused_crossentropy', llm-foundry's flash-attn Triton kernel, falls back to torch_crossentropy.)
+('fused_crossentropy', llm-foundry's flash-attn Triton kernel, runs as chunked_crossentropy.)
 
 Training metrics are off by default: Composer would otherwise run `update_metric` on every
 micro-batch, recomputing the cross-entropy (and perplexity) over the full logits twice, while
@@ -36,14 +36,14 @@ LOSS_FNS = ("torch_crossentropy", "fused_crossentropy", "chunked_crossentropy")
 
 
 class ComposerMPTCausalLM(ComposerModel):
-    def __init__(self, config: MPTConfig, tokenizer: Any = None, loss_fn: str = "torch_crossentropy",
+    def __init__(self, config: MPTConfig, tokenizer: Any = None, loss_fn: str = "chunked_crossentropy",
                  use_train_metrics: bool = False):
         super().__init__()
         if loss_fn not in LOSS_FNS:
             raise ValueError(f"model.loss_fn must be one of {LOSS_FNS}, got {loss_fn!r}")
         self.config = config
         self.model = MPTForCausalLM(config)
-        self.model.loss_fn = "chunked_crossentropy" if loss_fn == "chunked_crossentropy" else "torch_crossentropy"
+        self.model.loss_fn = "torch_crossentropy" if loss_fn == "torch_crossentropy" else "chunked_crossentropy"
         # Set by the trainer for precision amp_bf16 on CPU (Composer refuses AMP there): forward runs
         # under torch.autocast("cpu", this dtype). None = whatever precision context Composer sets.
         self.cpu_autocast_dtype: Optional[torch.dtype] = None

@@ -91,7 +91,7 @@ def test_cpu_bf16_autocast_on_the_composer_model():
     ids = make_ids(batch=2, seq=16)
     batch = {"input_ids": ids, "labels": ids}
     torch.manual_seed(0)
-    model = ComposerMPTCausalLM(tiny_config())
+    model = ComposerMPTCausalLM(tiny_config(), loss_fn="torch_crossentropy")  # forward returns logits
     fp32 = model.loss(model(batch), batch)
     model.cpu_autocast_dtype = torch.bfloat16
     logits = model(batch)
@@ -101,6 +101,21 @@ def test_cpu_bf16_autocast_on_the_composer_model():
     assert all(p.grad.dtype == torch.float32 for p in model.parameters())  # fp32 master weights
     assert bf16.item() != fp32.item() and abs(bf16.item() - fp32.item()) < 0.05
     assert model.eval_forward(batch).dtype == torch.bfloat16
+
+
+def test_cpu_bf16_autocast_with_the_chunked_loss():
+    from foundry.models import ComposerMPTCausalLM
+
+    ids = make_ids(batch=2, seq=16)
+    batch = {"input_ids": ids, "labels": ids}
+    torch.manual_seed(0)
+    model = ComposerMPTCausalLM(tiny_config(), loss_fn="chunked_crossentropy")
+    fp32 = model.loss(model(batch), batch)
+    model.cpu_autocast_dtype = torch.bfloat16
+    bf16 = model.loss(model(batch), batch)
+    bf16.backward()
+    assert all(p.grad.dtype == torch.float32 for p in model.parameters())
+    assert bf16.item() != fp32.item() and abs(bf16.item() - fp32.item()) < 0.05
 
 
 def test_plan_run_makes_amp_bf16_on_cpu_our_autocast():

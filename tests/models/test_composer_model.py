@@ -19,9 +19,10 @@ def make_batch(seed: int = 0):
             "sequence_id": sequence_id}
 
 
-def composer_model(**overrides) -> ComposerMPTCausalLM:
+def composer_model(loss_fn: str = "torch_crossentropy", **overrides) -> ComposerMPTCausalLM:
+    """The full-logits path, whose forward returns logits to check (chunked: tests/models/test_loss.py)."""
     torch.manual_seed(0)
-    return ComposerMPTCausalLM(tiny_config(**overrides)).eval()
+    return ComposerMPTCausalLM(tiny_config(**overrides), loss_fn=loss_fn).eval()
 
 
 def hand_loss(logits, labels):
@@ -98,8 +99,7 @@ def test_registry_builds_from_yaml_section():
     with pytest.raises(ValueError, match="Did you mean 'n_layers'"):
         build_mpt_causal_lm({**section, "n_layer": 3})
     assert isinstance(build_mpt_causal_lm({**section, "loss_fn": "torch_crossentropy"}), ComposerMPTCausalLM)
-    with pytest.warns(UserWarning, match="torch_crossentropy"):
-        build_mpt_causal_lm({**section, "loss_fn": "fused_crossentropy"})
+    assert build_mpt_causal_lm({**section, "loss_fn": "fused_crossentropy"}).loss_fn == "chunked_crossentropy"
     with pytest.raises(ValueError, match="loss_fn"):
         build_mpt_causal_lm({**section, "loss_fn": "mse"})
 

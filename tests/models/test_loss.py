@@ -150,4 +150,6 @@ def test_builder_selects_chunked_loss_without_warning(recwarn):
     model = build_mpt_causal_lm({**section, "loss_fn": "chunked_crossentropy"})
     assert model.loss_fn == "chunked_crossentropy"
     assert not [w for w in recwarn if "loss_fn" in str(w.message)]
-    assert build_mpt_causal_lm(section).loss_fn == "torch_crossentropy"
+    assert build_mpt_causal_lm(section).loss_fn == "chunked_crossentropy"  # the default
+    assert build_mpt_causal_lm({**section, "loss_fn": "fused_crossentropy"}).loss_fn == "chunked_crossentropy"
+    assert build_mpt_causal_lm({**section, "loss_fn": "torch_crossentropy"}).loss_fn == "torch_crossentropy"
