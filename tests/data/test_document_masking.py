@@ -19,7 +19,7 @@ def model(tokenizer, uses_sequence_id: bool) -> ComposerMPTCausalLM:
                        vocab_size=len(tokenizer), tokenizer_name=None,
                        attn_config={'attn_impl': 'torch', 'alibi': True,
                                     'attn_uses_sequence_id': uses_sequence_id})
-    return ComposerMPTCausalLM(config).train()
+    return ComposerMPTCausalLM(config, loss_fn='torch_crossentropy').train()  # forward returns logits
 
 
 def test_attention_stays_inside_documents_end_to_end(tmp_path, tiny_tokenizer):

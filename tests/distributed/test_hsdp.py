@@ -19,11 +19,15 @@ import torch
 
 
 @pytest.fixture
-def fake_world_of_4(no_process_group):
+def fake_world_of_4(no_process_group, monkeypatch):
     """A fake 4-rank process group in this process: meshes and groups without peers or traffic."""
     import torch.distributed as dist
     from torch.testing._internal.distributed.fake_pg import FakeStore
 
+    # Composer checks its group against these; an earlier in-process Trainer set them for 1 rank.
+    for name, value in {'WORLD_SIZE': '4', 'RANK': '0', 'LOCAL_WORLD_SIZE': '4', 'LOCAL_RANK': '0',
+                        'NODE_RANK': '0'}.items():
+        monkeypatch.setenv(name, value)
     dist.init_process_group('fake', rank=0, world_size=4, store=FakeStore())
     try:
         yield
