@@ -35,6 +35,12 @@ def test_sigkill_anywhere_then_same_command_gives_the_uninterrupted_losses(refer
     first.wait_for(lambda: 2 in logged_batches(metrics), 'batch 2 in metrics.jsonl')
     first.kill()
     killed_at = max(logged_batches(metrics))
+    # Where run 2 must resume: the newest checkpoint whose .metadata was written before the kill.
+    # (Read from disk: a fast run can finish the batch-4 save in the moment between the poll
+    # and the kill, before batch 3's metrics line is written.)
+    whole = [p.name for p in checkpoints.glob('ep0-ba*') if (p / '.metadata').exists()]
+    resumed_from = max(whole, key=lambda name: int(name.rsplit('ba', 1)[1]))
+    assert resumed_from in ('ep0-ba2', 'ep0-ba4'), whole  # killed before the batch-6 save
 
     # 2. Killed inside the save at batch 6: both ranks' .distcp written, rank 0 stuck before .metadata.
     marker = tmp_path / 'hanging'
@@ -56,7 +62,6 @@ def test_sigkill_anywhere_then_same_command_gives_the_uninterrupted_losses(refer
     assert token_sums(metrics) == reference.token_sums
 
     log2, log3 = second.log(), third.log()
-    resumed_from = 'ep0-ba2' if killed_at < 4 else 'ep0-ba4'
     assert f'autoresume: on; resuming from {checkpoints / resumed_from}' in log2
     assert 'restored the checkpoint RNG state' in log2
     assert f'{partial} is incomplete (no .metadata' in log3
