@@ -133,11 +133,20 @@ def run_conversion(args: argparse.Namespace, make_source: Callable[[int], object
 
     ``make_source(part_bytes)`` returns a ``foundry.data.sources.Source``.
     """
+    # A warning is one line for a user at a terminal, not Python's file:line and source excerpt;
+    # catch_warnings puts the process's own display back afterwards (tests call this in-process).
+    with warnings.catch_warnings():
+        warnings.showwarning = lambda message, *_, **__: print(
+            f'{prog or "convert"}: warning: {message}', file=sys.stderr)
+        _convert_or_fail(args, make_source, prog)
+    return 0
+
+
+def _convert_or_fail(args: argparse.Namespace, make_source: Callable[[int], object],
+                     prog: str | None) -> None:
     from foundry.data.convert import convert
     from foundry.data.tokenizer import load_for_conversion
 
-    # A warning is one line for a user at a terminal, not Python's file:line and source excerpt.
-    warnings.formatwarning = lambda message, *_, **__: f'{prog or "convert"}: warning: {message}\n'
     try:
         kwargs = json.loads(args.tokenizer_kwargs) if args.tokenizer_kwargs else None
         if kwargs is not None and not isinstance(kwargs, dict):
@@ -159,4 +168,3 @@ def run_conversion(args: argparse.Namespace, make_source: Callable[[int], object
     except KeyboardInterrupt:
         fail('interrupted. Finished parts are kept: rerun the same command to resume from the '
              'first unfinished part.', prog)
-    return 0
