@@ -30,10 +30,12 @@ def read_cpu_model_without_a_subprocess() -> None:
     """Make Composer's env report take the CPU name from /proc/cpuinfo when it is there."""
     from composer.utils import collect_env
 
-    original = getattr(collect_env.get_cpu_model, '__wrapped_by_foundry__', collect_env.get_cpu_model)
+    original = collect_env.get_cpu_model
+    if getattr(original, 'reads_proc_cpuinfo', False):  # an earlier train() in this process
+        return
 
     def get_cpu_model() -> str:
         return cpu_model_name() or original()
 
-    get_cpu_model.__wrapped_by_foundry__ = original
+    get_cpu_model.reads_proc_cpuinfo = True
     collect_env.get_cpu_model = get_cpu_model

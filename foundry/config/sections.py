@@ -15,8 +15,7 @@ from foundry.config.schema import TrainConfig
 from foundry.config.validate import check_keys, convert
 
 # llm-foundry model keys that are not MPTConfig arguments but are accepted for compatibility.
-EXTRA_MODEL_KEYS: dict[str, Any] = {'loss_fn': 'torch_crossentropy'}
-LOSS_FNS = ('torch_crossentropy', 'fused_crossentropy', 'chunked_crossentropy')
+EXTRA_MODEL_KEYS = ('loss_fn',)
 
 
 def model_key_types() -> dict[str, Any]:
@@ -32,7 +31,7 @@ def model_key_types() -> dict[str, Any]:
 
 
 def check_model(section: dict[str, Any]) -> None:
-    from foundry.models import MODELS
+    from foundry.models import DEFAULT_LOSS_FN, LOSS_FNS, MODELS
     from foundry.models.mpt.configuration import ATTN_CONFIG_DEFAULTS, INIT_CONFIG_DEFAULTS
 
     _require_name(section, 'model', MODELS)
@@ -46,7 +45,7 @@ def check_model(section: dict[str, Any]) -> None:
     for sub, defaults in (('attn_config', ATTN_CONFIG_DEFAULTS), ('init_config', INIT_CONFIG_DEFAULTS)):
         if section.get(sub) is not None:
             check_keys(section[sub], defaults, f'model.{sub}')
-    loss_fn = section.get('loss_fn', EXTRA_MODEL_KEYS['loss_fn'])
+    loss_fn = section.get('loss_fn', DEFAULT_LOSS_FN)
     if loss_fn not in LOSS_FNS:
         raise ConfigError(f'`model.loss_fn` is {loss_fn!r}; expected one of {", ".join(LOSS_FNS)}')
 

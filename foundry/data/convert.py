@@ -37,9 +37,7 @@ import time
 import warnings
 from collections import deque
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable, Iterator
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 import numpy as np
 from tqdm import tqdm
@@ -47,7 +45,7 @@ from tqdm import tqdm
 from foundry.data import objstore
 from foundry.data.encode_worker import Encoded, Encoder, init_worker, run_task
 from foundry.data.errors import DataError
-from foundry.data.mds_writer import TokenShardWriter, compression_module
+from foundry.data.mds_writer import TokenShardWriter, check_compression
 from foundry.data.sources import IterableSource, Part, Source
 
 if TYPE_CHECKING:  # transformers is not imported at run time: conversion starts in a blink
@@ -218,9 +216,7 @@ def convert(source: Source,
     start = time.perf_counter()
     if not isinstance(concat_tokens, int) or isinstance(concat_tokens, bool) or concat_tokens < 1:
         raise DataError(f'concat_tokens must be a positive integer, got {concat_tokens!r}.')
-    if compression is not None and not compression_module().is_compression(compression):
-        raise DataError(f'unknown compression {compression!r}; choose one of '
-                        f'{sorted(compression_module().get_compressions())} or leave it unset.')
+    check_compression(compression)  # before any work, not at the first shard
     if workers is not None and (not isinstance(workers, int) or workers < 0):
         raise DataError(f'workers must be a non-negative integer, got {workers!r}.')
 

@@ -103,10 +103,7 @@ class FastBPE:
                             f'{[hex(b) for b in missing[:8]]} have no token of their own. '
                             'Convert without --fast_bpe.')
         added = {a['content']: a['id'] for a in spec.get('added_tokens') or []}
-        norm = spec.get('normalizer')
-        steps = [] if norm is None else (norm['normalizers'] if norm['type'] == 'Sequence'
-                                         else [norm])
-        return cls(ranks, added, [step['type'] for step in steps])
+        return cls(ranks, added, [step['type'] for step in _normalizer_steps(spec)])
 
     def normalize(self, text: str) -> str:
         if self._forms and not text.isascii():
@@ -176,11 +173,9 @@ def _incompatibility(spec: dict) -> str | None:
             pre.get('use_regex', True) is not True:
         return 'it is not a byte-level BPE with the GPT-2 pre-tokenizer (ByteLevel, ' \
                'use_regex, no prefix space)'
-    norm = spec.get('normalizer')
-    if norm is not None:
-        steps = norm.get('normalizers') if norm.get('type') == 'Sequence' else [norm]
-        if not all(isinstance(s, dict) and s.get('type') in _NORMALIZERS for s in steps or []):
-            return f'its normalizer {norm.get("type")!r} is not plain Unicode normalization'
+    steps = _normalizer_steps(spec)
+    if not all(isinstance(s, dict) and s.get('type') in _NORMALIZERS for s in steps):
+        return f'its normalizer {spec["normalizer"].get("type")!r} is not plain Unicode normalization'
     vocab = model.get('vocab') or {}
     previous = -1
     for merge in model.get('merges') or []:
@@ -190,9 +185,7 @@ def _incompatibility(spec: dict) -> str | None:
                 merged <= vocab.get(b, -1):
             return 'its merge results do not rank in merge order'
         previous = merged
-    forms = [] if norm is None else [s['type'] for s in
-                                     (norm.get('normalizers') if norm.get('type') == 'Sequence'
-                                      else [norm])]
+    forms = [step['type'] for step in steps]
     for token in spec.get('added_tokens') or []:
         if token.get('lstrip') or token.get('rstrip') or token.get('single_word'):
             return f'added token {token["content"]!r} strips or matches single words'
@@ -203,3 +196,11 @@ def _incompatibility(spec: dict) -> str | None:
             if unicodedata.normalize(form, content) != content:
                 return f'added token {content!r} changes under {form}'
     return None
+
+
+def _normalizer_steps(spec: dict) -> list:
+    """The normalizer of a tokenizer.json as a list of steps (a Sequence unpacked; none: [])."""
+    norm = spec.get('normalizer')
+    if norm is None:
+        return []
+    return (norm.get('normalizers') or []) if norm.get('type') == 'Sequence' else [norm]

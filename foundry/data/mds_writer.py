@@ -25,7 +25,7 @@ import numpy as np
 from foundry.data import objstore
 from foundry.data.errors import DataError
 
-__all__ = ['TokenShardWriter', 'compression_module']
+__all__ = ['TokenShardWriter', 'compression_module', 'check_compression']
 
 _SHAPE_DTYPES = ((1 << 8, np.uint8, 0), (1 << 16, np.uint16, 1), (1 << 32, np.uint32, 2),
                  (1 << 64, np.uint64, 3))
@@ -53,6 +53,14 @@ def compression_module():
         import streaming.base.compression as module  # type: ignore[no-redef]
         _compression = module
     return _compression
+
+
+def check_compression(compression: str | None) -> None:
+    """DataError for a compression name streaming does not know (None: no compression)."""
+    module = compression_module()
+    if compression is not None and not module.is_compression(compression):
+        raise DataError(f'unknown compression {compression!r}; choose one of '
+                        f'{sorted(module.get_compressions())} or leave it unset.')
 
 
 def _encode_shape(length: int) -> bytes:
@@ -86,10 +94,8 @@ class TokenShardWriter:
         self.compression = compression
         self._compressor = None
         if compression:
+            check_compression(compression)
             module = compression_module()
-            if not module.is_compression(compression):
-                raise DataError(f'unknown compression {compression!r}; choose one of '
-                                f'{sorted(module.get_compressions())} or leave it unset.')
             self._extension = module.get_compression_extension(compression)
             self._compress = module.compress
         self.remote = out if objstore.is_url(out) else None

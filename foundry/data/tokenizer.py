@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from foundry.data.errors import DataError
 
@@ -106,7 +104,15 @@ def _from_tokenizer_file(path: str, kwargs: dict[str, Any]) -> PreTrainedTokeniz
         raise DataError(f'could not read tokenizer file {path!r}: {err}. It must be a '
                         'tokenizer.json written by the `tokenizers` library.') from err
 
-    vocab = tokenizer.get_vocab()
+    for role, token in _guess_roles(tokenizer.get_vocab()).items():
+        # Explicit kwargs (e.g. eos_token='</s>') win over our guesses.
+        if token is not None and role not in kwargs and getattr(tokenizer, role) is None:
+            setattr(tokenizer, role, token)
+    return tokenizer
+
+
+def _guess_roles(vocab: dict[str, int]) -> dict[str, str | None]:
+    """eos/bos/unk/pad tokens of a bare tokenizer.json, from well-known spellings."""
     roles = {
         'eos_token': _first_present(_EOS_CANDIDATES, vocab),
         'bos_token': _first_present(_BOS_CANDIDATES, vocab),
@@ -116,11 +122,7 @@ def _from_tokenizer_file(path: str, kwargs: dict[str, Any]) -> PreTrainedTokeniz
     if roles['eos_token'] == _ALL_ROLES_TOKEN:
         roles['bos_token'] = roles['bos_token'] or _ALL_ROLES_TOKEN
         roles['unk_token'] = roles['unk_token'] or _ALL_ROLES_TOKEN
-    for role, token in roles.items():
-        # Explicit kwargs (e.g. eos_token='</s>') win over our guesses.
-        if token is not None and role not in kwargs and getattr(tokenizer, role) is None:
-            setattr(tokenizer, role, token)
-    return tokenizer
+    return roles
 
 
 def _first_present(candidates: tuple[str, ...], vocab: dict[str, int]) -> str | None:
@@ -128,7 +130,6 @@ def _first_present(candidates: tuple[str, ...], vocab: dict[str, int]) -> str | 
         if token in vocab:
             return token
     return None
-
 
 
 class TokenizerFile:
@@ -151,15 +152,10 @@ class TokenizerFile:
             raise DataError(f'could not read tokenizer file {path!r}: {err}. It must be a '
                             'tokenizer.json written by the `tokenizers` library.') from err
         self.name_or_path = path
-        vocab = self.backend_tokenizer.get_vocab(with_added_tokens=True)
-        self.eos_token = _first_present(_EOS_CANDIDATES, vocab)
-        self.bos_token = _first_present(_BOS_CANDIDATES, vocab)
-        self.unk_token = _first_present(_UNK_CANDIDATES, vocab)
-        self.pad_token = _first_present(_PAD_CANDIDATES, vocab)
-        if self.eos_token == _ALL_ROLES_TOKEN:
-            self.bos_token = self.bos_token or _ALL_ROLES_TOKEN
-            self.unk_token = self.unk_token or _ALL_ROLES_TOKEN
-        self.pad_token = self.pad_token or self.eos_token
+        roles = _guess_roles(self.backend_tokenizer.get_vocab(with_added_tokens=True))
+        self.eos_token, self.bos_token = roles['eos_token'], roles['bos_token']
+        self.unk_token = roles['unk_token']
+        self.pad_token = roles['pad_token'] or self.eos_token  # as build_tokenizer does
         self._size = self.backend_tokenizer.get_vocab_size(with_added_tokens=True)
 
     def _id(self, token: str | None) -> int | None:

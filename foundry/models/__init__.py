@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from .flops import count_parameters, flops_per_sequence, flops_per_token, matmul_parameters
 from .mpt import ATTN_CONFIG_DEFAULTS, INIT_CONFIG_DEFAULTS, MPTConfig, MPTForCausalLM
+from .mpt.loss import DEFAULT_LOSS_FN, LOSS_FNS
 
 if TYPE_CHECKING:
     from .composer_model import ComposerMPTCausalLM
@@ -26,8 +27,6 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-# llm-foundry's `model.loss_fn` values. All compute the same cross-entropy; only the kernel differs.
-LOSS_FNS = ("torch_crossentropy", "fused_crossentropy", "chunked_crossentropy")
 
 
 def build_mpt_causal_lm(model_cfg: dict, tokenizer: Any = None) -> "ComposerMPTCausalLM":
@@ -42,11 +41,9 @@ def build_mpt_causal_lm(model_cfg: dict, tokenizer: Any = None) -> "ComposerMPTC
     from .composer_model import ComposerMPTCausalLM
 
     model_cfg = dict(model_cfg)
-    loss_fn = model_cfg.pop("loss_fn", "chunked_crossentropy")
+    loss_fn = model_cfg.pop("loss_fn", DEFAULT_LOSS_FN)
     if loss_fn not in LOSS_FNS:
         raise ValueError(f"model.loss_fn must be one of {LOSS_FNS}, got {loss_fn!r}")
-    if loss_fn == "fused_crossentropy":
-        loss_fn = "chunked_crossentropy"
     config = MPTConfig(**model_cfg)
     if tokenizer is not None and len(tokenizer) > config.vocab_size:
         raise ValueError(

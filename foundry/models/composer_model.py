@@ -29,14 +29,13 @@ from torchmetrics import Metric
 
 from .flops import flops_per_sequence, matmul_parameters
 from .mpt.configuration import MPTConfig
-from .mpt.loss import causal_lm_loss, shift_labels
+from .mpt.loss import DEFAULT_LOSS_FN, LOSS_FNS, causal_lm_loss, shift_labels
 from .mpt.modeling import MPTForCausalLM
 
-LOSS_FNS = ("torch_crossentropy", "fused_crossentropy", "chunked_crossentropy")
 
 
 class ComposerMPTCausalLM(ComposerModel):
-    def __init__(self, config: MPTConfig, tokenizer: Any = None, loss_fn: str = "chunked_crossentropy",
+    def __init__(self, config: MPTConfig, tokenizer: Any = None, loss_fn: str = DEFAULT_LOSS_FN,
                  use_train_metrics: bool = False):
         super().__init__()
         if loss_fn not in LOSS_FNS:

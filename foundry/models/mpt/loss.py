@@ -28,6 +28,10 @@ import torch
 import torch.nn.functional as F
 
 IGNORE_INDEX = -100
+# llm-foundry's `model.loss_fn` values; all compute the same cross-entropy, only the kernel differs.
+# 'fused_crossentropy' (its flash-attn Triton kernel, for the same purpose) runs as the chunked loss.
+LOSS_FNS = ("torch_crossentropy", "fused_crossentropy", "chunked_crossentropy")
+DEFAULT_LOSS_FN = "chunked_crossentropy"
 # Elements of one chunk's fp32 logits, by device: on CPU 2^23 (32 MiB; not tuned: timings on the
 # shared development machine were too noisy to rank 2^22..2^25), on a GPU 2^27 (512 MiB: fewer,
 # larger kernels; on an H200, mpt-125m at seq 2048 ran 46% faster than with 2^23, see
