@@ -3,6 +3,7 @@
 Modules (imported lazily, so ``import foundry.data`` stays cheap):
   tokenizer     build_tokenizer(name, kwargs), TokenizerFile (tokenizers only)
   convert       convert(source, ...), convert_documents(...) -> ConversionSummary
+  convert_output  the restartable output folder (manifest, parts, done markers, merged index)
   sources       JsonSource, TextSource, ParquetSource, HFSource, IterableSource (restartable parts)
   readers       iter_documents / iter_text_documents / iter_json_documents (no tokenizing)
   mixture       describe_mixture (what `foundry info` prints about streams)

@@ -15,16 +15,8 @@ its thread pool (every core); ``workers=N`` instead runs N processes that decode
 tokenize batches of raw input while the main process only reads bytes, cuts samples and writes
 shards. Nothing on this path imports torch, streaming or transformers.
 
-Restartable output layout::
-
-    OUT/conversion.json         settings, the list of parts, and (when complete) the summary
-    OUT/part-00000/...          one MDS sub-dataset per part, with done.json written last
-    OUT/index.json              the merged index, written last and atomically
-
-A rerun of an interrupted conversion keeps every part whose done.json exists (the tokens that
-part carried over into the next sample are recorded there, so the result is identical to an
-uninterrupted run) and continues with the first unfinished one. Readers only ever open
-``OUT/index.json``, which appears once every shard it names is complete and checked.
+Restartable: the input's parts are converted one by one into OUT/part-NNNNN and the merged
+index is written last (layout and restart rules: foundry/data/convert_output.py).
 """
 
 from __future__ import annotations
@@ -42,10 +34,10 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator
 import numpy as np
 from tqdm import tqdm
 
-from foundry.data import objstore
 from foundry.data.encode_worker import Encoded, Encoder, init_worker, run_task
 from foundry.data.errors import DataError
-from foundry.data.mds_writer import TokenShardWriter, check_compression
+from foundry.data.convert_output import FORMAT, MANIFEST, ConversionOutput, PartWriter
+from foundry.data.mds_writer import check_compression
 from foundry.data.sources import IterableSource, Part, Source
 
 if TYPE_CHECKING:  # transformers is not imported at run time: conversion starts in a blink
@@ -54,10 +46,6 @@ if TYPE_CHECKING:  # transformers is not imported at run time: conversion starts
 __all__ = ['ConversionSummary', 'convert', 'convert_documents', 'token_dtype_for',
            'resolve_eos_ids', 'default_workers', 'MANIFEST', 'FORMAT']
 
-TOKENS_COLUMN = 'tokens'
-MANIFEST = 'conversion.json'
-DONE = 'done.json'
-FORMAT = 'foundry-mds-conversion/1'
 DEFAULT_BATCH_SIZE = 4096  # kept for callers of the old API; tasks are sized by sources.py
 
 
@@ -242,10 +230,10 @@ def convert(source: Source,
         'no_wrap': no_wrap, 'compression': compression, 'size_limit': size_limit,
         'dtype': dtype.name, 'source': source.identity(),
     }
-    out = _Output(out_root)
+    out = ConversionOutput(out_root)
     done = out.prepare(settings, parts)
     if done is None:  # already complete
-        summary = out.completed_summary()
+        summary = _completed_summary(out)
         summary.seconds = time.perf_counter() - start
         if verbose:
             print(f'{out_root} already holds this complete conversion; nothing to do.\n{summary}',
@@ -269,13 +257,13 @@ def convert(source: Source,
     pipeline = _Pipeline(encoder_args, workers)
     bar = tqdm(desc='tokenizing', unit='tok', unit_scale=True, disable=not progress,
                file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
-    current: _PartWriter | None = None
+    current: PartWriter | None = None
     try:
         items = _task_stream(parts, len(done))
         current = None
         for index, encoded in pipeline.run(items):
             if current is None or current.index != index:
-                current = _PartWriter(out, index, dtype, compression, size_limit)
+                current = PartWriter(out, index, dtype, compression, size_limit)
             if encoded is None:  # end of this part
                 marker = current.finish(cutter)
                 totals.add_marker(marker)
@@ -317,13 +305,22 @@ def convert(source: Source,
         dtype=dtype.name, out_root=out_root, concat_tokens=concat_tokens, parts=len(parts),
         parts_reused=len(done), empty_documents=totals.empty, input_bytes=totals.input_bytes,
         workers=workers, invalid_utf8=totals.invalid_utf8)
-    out.merge(len(parts), summary)
+    out.merge(len(parts), summary.to_dict())
     if summary.invalid_utf8:
         warnings.warn(f'invalid UTF-8 in {len(summary.invalid_utf8)} input file(s): '
                       f'{summary.invalid_utf8_count:,} byte sequences replaced by U+FFFD '
                       '(see the summary; pass --strict_utf8 to fail instead).')
     if verbose:
         print(summary, flush=True)
+    return summary
+
+
+def _completed_summary(out: ConversionOutput) -> ConversionSummary:
+    """The summary a finished conversion recorded, for a rerun that has nothing to do."""
+    fields = ConversionSummary.__dataclass_fields__
+    summary = ConversionSummary(**{k: v for k, v in out.recorded_summary().items() if k in fields})
+    summary.parts_reused = summary.parts
+    summary.out_root = out.root
     return summary
 
 
@@ -481,193 +478,3 @@ class _Totals:
         for file, (count, offset) in marker['invalid_utf8'].items():
             entry = self.invalid_utf8.setdefault(file, [0, offset])
             entry[0] += count
-
-
-class _PartWriter:
-    """The MDS sub-dataset of one part, and the statistics its done marker records."""
-
-    def __init__(self, out: '_Output', index: int, dtype: np.dtype, compression: str | None,
-                 size_limit: int | str | None) -> None:
-        self.index = index
-        self.out = out
-        self.path = out.part_path(index)
-        objstore.delete_tree(self.path)  # leftovers of an interrupted attempt
-        self.writer = TokenShardWriter(self.path, dtype, compression, size_limit)
-        self.documents = self.empty = self.input_bytes = 0
-        self.invalid_utf8: dict[str, list[int]] = {}
-
-    def add(self, encoded: Encoded, cutter: _SampleCutter) -> None:
-        self.documents += encoded.documents
-        self.empty += encoded.empty_documents
-        self.input_bytes += encoded.input_bytes
-        for file, (count, offset) in encoded.bad_utf8.items():
-            entry = self.invalid_utf8.setdefault(file, [0, offset])
-            entry[0] += count
-        write = self.writer.write
-        for sample in cutter.add(encoded):
-            write(sample)
-
-    def finish(self, cutter: _SampleCutter) -> dict:
-        self.writer.finish()
-        written = sum((s.get('zip_data') or s['raw_data'])['bytes'] for s in self.writer.shards)
-        return {
-            'documents': self.documents, 'empty_documents': self.empty,
-            'input_bytes': self.input_bytes, 'bytes': written,
-            'samples': sum(s['samples'] for s in self.writer.shards),
-            'samples_total': cutter.samples, 'tokens_total': cutter.tokens,
-            'dropped_no_wrap_total': cutter._dropped,
-            'invalid_utf8': self.invalid_utf8,
-            'carry': cutter.buffer.tolist(),  # tokens that continue into the next part
-        }
-
-    def abandon(self) -> None:
-        try:
-            self.writer.cancel()
-        except Exception:
-            pass
-        try:
-            objstore.delete_tree(self.path)
-        except Exception:
-            pass
-
-
-# -- output folder / prefix --------------------------------------------------------------------
-
-class _Output:
-    """The output location: manifest, part folders, done markers and the merged index."""
-
-    def __init__(self, root: str) -> None:
-        self.root = root if objstore.is_url(root) else os.path.expanduser(root)
-        self.created = False
-        self.manifest: dict = {}
-
-    def part_path(self, index: int) -> str:
-        return objstore.join(self.root, f'part-{index:05d}')
-
-    def _read_json(self, name: str) -> Any:
-        try:
-            return json.loads(objstore.read_bytes(objstore.join(self.root, name)))
-        except FileNotFoundError:
-            return None
-        except ValueError:
-            raise DataError(f'{objstore.join(self.root, name)} is not valid JSON; the output '
-                            'folder is damaged. Delete it and convert again.') from None
-
-    def _write_json(self, name: str, obj: Any) -> None:
-        objstore.write_bytes(objstore.join(self.root, name),
-                             json.dumps(obj, indent=1, sort_keys=True).encode())
-
-    def prepare(self, settings: dict, parts: list[Part]) -> list[dict] | None:
-        """Check what is already there; return the done markers of the finished prefix of
-        parts (empty for a fresh start), or None if the conversion is already complete."""
-        if not objstore.is_url(self.root) and os.path.isfile(self.root):
-            raise DataError(f'output path {self.root!r} is a file, not a folder. Choose another '
-                            '--out_root.')
-        listed = [{'key': p.key, 'fingerprint': p.fingerprint} for p in parts]
-        manifest = self._read_json(MANIFEST)
-        if manifest is None:
-            if self._non_empty():
-                raise DataError(f'output folder {self.root!r} already exists and is not empty '
-                                '(and holds no conversion to resume). Delete it or choose '
-                                'another --out_root.')
-            self.created = True
-            self.manifest = {'format': FORMAT, 'settings': settings, 'parts': listed,
-                             'complete': False, 'summary': None}
-            self._write_json(MANIFEST, self.manifest)
-            return []
-        if manifest.get('format') != FORMAT or not isinstance(manifest.get('settings'), dict):
-            raise DataError(f'{objstore.join(self.root, MANIFEST)} was not written by this '
-                            'version of the converter. Delete the output folder and convert '
-                            'again.')
-        old = manifest['settings']
-        changed = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
-        if changed:
-            detail = '; '.join(f'{k}: {old.get(k)!r} -> {settings.get(k)!r}' for k in changed)
-            raise DataError(f'output folder {self.root!r} holds an unfinished or finished '
-                            f'conversion made with different settings ({detail[:400]}). Use '
-                            'the same flags to resume, or delete it / choose another --out_root.')
-        self.manifest = manifest
-        if manifest.get('complete') and objstore.exists(objstore.join(self.root, 'index.json')) \
-                and manifest.get('parts') == listed:
-            return None
-
-        done: list[dict] = []
-        old_parts = manifest.get('parts') or []
-        for i, part in enumerate(listed):
-            if i >= len(old_parts) or old_parts[i] != part:
-                break
-            marker = self._read_json(f'part-{i:05d}/{DONE}')
-            if marker is None:
-                break
-            done.append(marker)
-        # Later parts (changed or unfinished) are redone; record the current part list.
-        # The merged index goes first, so no reader can see the parts being redone.
-        objstore.delete_file(objstore.join(self.root, 'index.json'))
-        manifest['parts'] = listed
-        manifest['complete'] = False
-        manifest['summary'] = None
-        self._write_json(MANIFEST, manifest)
-        for stale in range(len(done), max(len(old_parts), len(listed))):
-            objstore.delete_tree(self.part_path(stale))
-        return done
-
-    def _non_empty(self) -> bool:
-        if objstore.is_url(self.root):
-            return bool(objstore.list_files(self.root))
-        return os.path.isdir(self.root) and bool(os.listdir(self.root))
-
-    def mark_done(self, index: int, marker: dict) -> None:
-        self._write_json(f'part-{index:05d}/{DONE}', marker)
-
-    def after_failure(self, parts_done: int) -> int:
-        """Remove what a failed run leaves when no part is complete; keep finished parts."""
-        if parts_done == 0:
-            try:
-                if objstore.is_url(self.root):
-                    objstore.delete_tree(self.root)
-                elif self.created or not any(n != MANIFEST for n in os.listdir(self.root)):
-                    objstore.delete_tree(self.root)
-            except Exception:
-                pass
-        return parts_done
-
-    def completed_summary(self) -> ConversionSummary:
-        data = dict(self.manifest.get('summary') or {})
-        fields = ConversionSummary.__dataclass_fields__
-        summary = ConversionSummary(**{k: v for k, v in data.items() if k in fields})
-        summary.parts_reused = summary.parts
-        summary.out_root = self.root
-        return summary
-
-    def merge(self, n_parts: int, summary: ConversionSummary) -> None:
-        """Check every part's shards, then write the merged index last (atomically)."""
-        present = {e.path: e.size for e in objstore.list_files(self.root)}
-        shards = []
-        for i in range(n_parts):
-            folder = f'part-{i:05d}'
-            index = self._read_json(f'{folder}/index.json')
-            if index is None:
-                raise DataError(f'{self.part_path(i)}/index.json is missing although the part is '
-                                'marked done; delete that part folder and rerun to redo it.')
-            for shard in index['shards']:
-                for key in ('raw_data', 'zip_data', 'raw_meta', 'zip_meta'):
-                    info = shard.get(key)
-                    if not info:
-                        continue
-                    if key == 'raw_data' and shard.get('zip_data'):
-                        info['basename'] = f'{folder}/{info["basename"]}'
-                        continue  # only the compressed file is stored
-                    info['basename'] = f'{folder}/{info["basename"]}'
-                    path = objstore.join(self.root, *info['basename'].split('/'))
-                    if present.get(path) != info['bytes']:
-                        objstore.delete_tree(objstore.join(self.root, folder, DONE))
-                        raise DataError(f'shard {path} is {present.get(path, "missing")} '
-                                        f'{"bytes" if path in present else ""} but its index '
-                                        f'says {info["bytes"]} bytes; part {folder} was marked '
-                                        'undone, rerun to redo it.')
-                shards.append(shard)
-        self.manifest['complete'] = True
-        self.manifest['summary'] = summary.to_dict()
-        self._write_json(MANIFEST, self.manifest)
-        objstore.write_bytes(objstore.join(self.root, 'index.json'),
-                             json.dumps({'version': 2, 'shards': shards}).encode())
