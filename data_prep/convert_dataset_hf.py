@@ -20,7 +20,7 @@ import sys
 from typing import Sequence
 
 from foundry.data.cli import conversion_parser, fail, run_conversion
-from foundry.data.sources import HFSource
+from foundry.data.hf_source import HFSource
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -4,7 +4,8 @@ Modules (imported lazily, so ``import foundry.data`` stays cheap):
   tokenizer     build_tokenizer(name, kwargs), TokenizerFile (tokenizers only)
   convert       convert(source, ...), convert_documents(...) -> ConversionSummary
   convert_output  the restartable output folder (manifest, parts, done markers, merged index)
-  sources       JsonSource, TextSource, ParquetSource, HFSource, IterableSource (restartable parts)
+  sources       JsonSource, TextSource, ParquetSource, IterableSource (restartable parts)
+  hf_source     HFSource (any Hugging Face dataset, streamed)
   readers       iter_documents / iter_text_documents / iter_json_documents (no tokenizing)
   mixture       describe_mixture (what `foundry info` prints about streams)
   mds_index     index checks and token counts; mds_writer: byte-identical MDS token writer
@@ -27,7 +28,7 @@ _EXPORTS = {
     'JsonSource': 'sources',
     'TextSource': 'sources',
     'ParquetSource': 'sources',
-    'HFSource': 'sources',
+    'HFSource': 'hf_source',
     'IterableSource': 'sources',
     'iter_documents': 'readers',
     'describe_mixture': 'mixture',

@@ -12,7 +12,8 @@ import zstandard
 
 from foundry.data.convert import convert
 from foundry.data.errors import DataError
-from foundry.data.sources import HFSource, JsonSource, ParquetSource, TextSource
+from foundry.data.hf_source import HFSource
+from foundry.data.sources import JsonSource, ParquetSource, TextSource
 from tests.data.test_convert import expected_stream, load_script, read_all
 
 DOCS = [f'Record {i}: {"lorem ipsum " * (i % 9)}dolor sit amet, item {i * 7}.' for i in range(90)]
