@@ -1,18 +1,20 @@
-# Two commands for a newcomer: `make demo` and `make test`. Both create (or reuse) .venv.
+# Two commands for a newcomer: `make demo` and `make test`. Both create (or reuse) a venv with
+# the locked `current` stack (torch 2.11); STACK=stable selects Composer's declared set (torch 2.7)
+# in .venv-stable, STACK=latest the newest releases (resolved at install, not locked) in .venv-latest.
 PYTHON ?= python3
-VENV ?= .venv
+STACK ?= current
+VENV ?= $(if $(filter current,$(STACK)),.venv,.venv-$(STACK))
 BIN := $(VENV)/bin
-# Reinstall whenever the dependency list changes.
-STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+# Reinstall whenever the stack's package list or the project's dependencies change.
+STACK_FILES := $(wildcard stacks/$(STACK).lock stacks/$(STACK).overrides) pyproject.toml stacks/install.sh
+STAMP := $(VENV)/.installed-$(shell cat $(STACK_FILES) | cksum | cut -d' ' -f1)
 
-.PHONY: setup demo test test-fast clean
+.PHONY: setup demo test test-fast lock gpu-wheels clean
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+$(STAMP): $(STACK_FILES)
+	PYTHON=$(PYTHON) stacks/install.sh $(STACK) $(VENV)
 	rm -f $(VENV)/.installed-*
 	touch $@
 
@@ -22,11 +24,21 @@ demo: setup
 
 # Everything, including the slow end-to-end runs through the real composer launcher.
 test: setup
+	@$(BIN)/python -m foundry.stack_report $(STACK)
 	$(BIN)/python -m pytest tests -q
 
 # Unit tests only (seconds, no launcher runs).
 test-fast: setup
+	@$(BIN)/python -m foundry.stack_report $(STACK)
 	$(BIN)/python -m pytest tests -q -m "not slow"
+
+# Regenerate stacks/current.lock and stacks/stable.lock from stacks/*.in and pyproject.toml.
+lock:
+	stacks/lock.sh
+
+# The wheels launch/gpu/check.sh installs on a GPU machine with torch preinstalled (Python 3.12).
+gpu-wheels:
+	stacks/gpu_wheels.sh
 
 clean:
 	rm -rf demo_out runs .pytest_cache
