@@ -12,6 +12,13 @@ import urllib.request
 import pytest
 
 
+def pytest_report_header(config):
+    """The stack's versions at the top of every run, so a log says what it ran on."""
+    from foundry.stack_report import stack_line
+
+    return stack_line(os.environ.get('FOUNDRY_STACK'))
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))
