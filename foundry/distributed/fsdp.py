@@ -199,7 +199,8 @@ def describe_layout(model, device_mesh) -> str:
         return f'rank {rank}: no device mesh (parameters not sharded)'
     names = device_mesh.mesh_dim_names or tuple(f'dim{i}' for i in range(device_mesh.ndim))
     dims = ' x '.join(f'{n}={s}' for n, s in zip(names, device_mesh.shape))
-    coord = device_mesh.get_coordinate()
+    # A list on torch 2.7, a tuple since 2.9: print one form so logs read the same on every stack.
+    coord = list(device_mesh.get_coordinate() or [])
     params = [(n, p) for n, p in model.named_parameters()]
     placements = sorted({str(tuple(p.placements)) for _, p in params if isinstance(p, DTensor)})
     plain = [n for n, p in params if not isinstance(p, DTensor)]
