@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+from transformers import DynamicCache
 from transformers.models.mpt.modeling_mpt import build_mpt_alibi_tensor
 
 from foundry.models.mpt import MPTForCausalLM, alibi_slopes, build_attn_bias
@@ -113,16 +114,13 @@ def test_left_padding_matches_unpadded(ids):
 
 def test_kv_cache_matches_full_forward(ids):
     model = tiny_model(attn_config={"attn_type": "grouped_query_attention", "kv_n_heads": 2})
+    cache = DynamicCache()
     with torch.no_grad():
         full = model(ids).logits
-        out = model(ids[:, :10], use_cache=True)
-        steps = [out.logits]
-        past = out.past_key_values
+        steps = [model(ids[:, :10], past_key_values=cache, use_cache=True).logits]
         for t in range(10, 16):
-            out = model(ids[:, t:t + 1], past_key_values=past, use_cache=True)
-            past = out.past_key_values
-            steps.append(out.logits)
-    assert past[0][0].shape == (2, 2, 16, 8)  # (batch, kv_heads, seq, head_dim)
+            steps.append(model(ids[:, t:t + 1], past_key_values=cache, use_cache=True).logits)
+    assert cache.get_seq_length() == 16
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
 
 

@@ -1,9 +1,12 @@
 """Every attention kernel against a plain softmax(QK^T * scale + alibi + mask) V, on CPU.
 
 `torch` (SDPA) and `flex` (flex_attention, eager on CPU: torch 2.7's inductor cannot compile it
-for CPU) run here for real, forward and backward. `flash` needs CUDA and the flash-attn package:
-here we test its clear error, and the segment bookkeeping of its variable-length path against
-the reference run per segment.
+for CPU) run here for real. Forward comparisons run without gradients, where flex runs on every
+torch. Gradients: torch 2.7's flex computes them on CPU and is compared for real; where flex
+refuses CPU gradients (torch 2.11), the model runs SDPA instead (`sdpa_fallback`) and the
+gradient tests check that fallback against the reference. `flash` needs CUDA and the flash-attn
+package: here we test its clear error, and the segment bookkeeping of its variable-length path
+against the reference run per segment.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from mpt_helpers import VOCAB, make_ids, tiny_config
+from transformers import DynamicCache
 
 from foundry.models.mpt import MPTForCausalLM, alibi_slopes, prepare_attention
 from foundry.models.mpt.attention import (
@@ -21,6 +25,7 @@ from foundry.models.mpt.attention import (
     MPTAttention,
     _shared_bias,
     flash_attn_module,
+    flex_trains_on_cpu,
     needs_padding_mask,
     segment_boundaries,
 )
@@ -75,11 +80,14 @@ def qkv_of(attn: MPTAttention, x):
 
 
 def run_both(impl, x, attention_mask=None, sequence_id=None, **attn_config):
-    """(kernel output, reference output, rows that have a key) for one attention layer."""
+    """(kernel output, reference output, rows that have a key) for one attention layer.
+
+    Runs with gradients if the caller has them on (and x requires grad), else without.
+    """
     cfg, attn = make_attention(attn_impl=impl, **attn_config)
     b, s, _ = x.shape
     inputs = prepare_attention(cfg, s, 0, attention_mask, sequence_id, device=x.device)
-    out, _ = attn(x, inputs)
+    out = attn(x, inputs)
     q, k, v = qkv_of(attn, x)
     allowed = None
     if attention_mask is not None:
@@ -113,6 +121,7 @@ CASES = {
 
 @pytest.mark.parametrize("impl", ["torch", "flex"])
 @pytest.mark.parametrize("case", sorted(CASES))
+@torch.no_grad()
 def test_kernel_matches_reference(impl, case):
     x = torch.randn(3, 24, 64)
     out, ref, _ = run_both(impl, x, **CASES[case])
@@ -121,6 +130,7 @@ def test_kernel_matches_reference(impl, case):
 
 @pytest.mark.parametrize("impl", ["torch", "flex"])
 @pytest.mark.parametrize("alibi", [True, False])
+@torch.no_grad()
 def test_kernel_document_masking_matches_reference(impl, alibi):
     x = torch.randn(3, 24, 64)
     out, ref, _ = run_both(impl, x, sequence_id=sequence_ids(), attn_uses_sequence_id=True, alibi=alibi)
@@ -131,6 +141,7 @@ def test_kernel_document_masking_matches_reference(impl, alibi):
 
 
 @pytest.mark.parametrize("impl", ["torch", "flex"])
+@torch.no_grad()
 def test_kernel_left_padding_matches_reference(impl):
     x = torch.randn(3, 24, 64)
     mask = torch.ones(3, 24, dtype=torch.long)
@@ -148,29 +159,62 @@ def test_kernel_gradients_match_reference(impl):
     x = torch.randn(2, 20, 64, requires_grad=True)
     sid = torch.zeros(2, 20, dtype=torch.long)
     sid[0, 9:] = 1
-    out, ref, _ = run_both(impl, x, sequence_id=sid, attn_uses_sequence_id=True,
-                           attn_type="grouped_query_attention", kv_n_heads=2)
+    config = dict(attn_uses_sequence_id=True, attn_type="grouped_query_attention", kv_n_heads=2)
+    out, ref, _ = run_both(impl, x, sequence_id=sid, **config)
     g = torch.randn_like(out)
     (gx,) = torch.autograd.grad((out * g).sum(), x)
     (gx_ref,) = torch.autograd.grad((ref * g).sum(), x)
     torch.testing.assert_close(gx, gx_ref, atol=1e-4, rtol=1e-3)
+    if impl == "flex":
+        cfg = tiny_config(d_model=64, n_heads=4, attn_config={"attn_impl": "flex", **config})
+        fallback = prepare_attention(cfg, 20, sequence_id=sid).sdpa_fallback
+        # What ran: flex's own backward where this torch has one on CPU, else SDPA (same masks).
+        assert (fallback is None) == flex_trains_on_cpu()
+
+
+def test_flex_cpu_training_fallback_equals_flex():
+    """Where flex cannot train on CPU, a forward with gradients runs SDPA: same output as flex's."""
+    cfg, attn = make_attention(attn_impl="flex", attn_type="grouped_query_attention", kv_n_heads=2,
+                               attn_uses_sequence_id=True)
+    sid = sequence_ids()
+    mask = torch.ones(3, 24, dtype=torch.long)
+    mask[2, :3] = 0
+    with torch.no_grad():
+        assert prepare_attention(cfg, 24, 0, mask, sid).sdpa_fallback is None  # no gradients: flex
+    trains = prepare_attention(cfg, 24, 0, mask, sid)
+    assert (trains.sdpa_fallback is None) == flex_trains_on_cpu()
+    if trains.sdpa_fallback is not None:
+        assert trains.sdpa_fallback.impl == "torch" and trains.sdpa_fallback.bias.shape == (3, 4, 24, 24)
+    x = torch.randn(3, 24, 64)
+    with torch.no_grad():
+        flex_out = attn(x, prepare_attention(cfg, 24, 0, mask, sid))
+    trained = attn(x, trains)
+    assert trained.requires_grad
+    real = mask.bool()[:, :, None].expand_as(trained)  # padding queries attend to nothing: undefined
+    torch.testing.assert_close(trained[real], flex_out[real], atol=2e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("impl", ["torch", "flex"])
+@torch.no_grad()
 def test_kernel_with_kv_cache_matches_reference(impl):
     cfg, attn = make_attention(attn_impl=impl, attn_type="grouped_query_attention", kv_n_heads=2)
     x = torch.randn(2, 16, 64)
-    full, _ = attn(x, prepare_attention(cfg, 16))
-    _, past = attn(x[:, :11], prepare_attention(cfg, 11), use_cache=True)
-    tail, _ = attn(x[:, 11:], prepare_attention(cfg, 5, past_len=11), layer_past=past, use_cache=True)
-    torch.testing.assert_close(tail, full[:, 11:], atol=2e-5, rtol=1e-4)
-    step, _ = attn(x[:, 11:12], prepare_attention(cfg, 1, past_len=11), layer_past=past)
+    full = attn(x, prepare_attention(cfg, 16))
+    cache = DynamicCache()
+    attn(x[:, :11], prepare_attention(cfg, 11), cache)
+    assert cache.get_seq_length() == 11
+    step = attn(x[:, 11:12], prepare_attention(cfg, 1, past_len=11), cache)
     torch.testing.assert_close(step, full[:, 11:12], atol=2e-5, rtol=1e-4)
+    tail = attn(x[:, 12:], prepare_attention(cfg, 4, past_len=12), cache)
+    torch.testing.assert_close(tail, full[:, 12:], atol=2e-5, rtol=1e-4)
+    assert cache.get_seq_length() == 16
 
 
 @pytest.mark.parametrize("extra", [{}, {"attn_uses_sequence_id": True}])
 def test_models_agree_across_kernels(extra):
-    """Whole model, torch vs flex, forward and one backward, same weights."""
+    """Whole model, torch vs flex, same weights: forward without gradients (flex itself on every torch),
+    then a training forward and backward (flex's backward, or its SDPA fallback where flex cannot
+    train on CPU)."""
     ids = make_ids(batch=2, seq=32)
     sid = torch.zeros_like(ids)
     sid[:, 13:] = 1
@@ -178,6 +222,9 @@ def test_models_agree_across_kernels(extra):
     for impl in ("torch", "flex"):
         torch.manual_seed(0)
         models[impl] = MPTForCausalLM(tiny_config(attn_config={"attn_impl": impl, **extra})).train()
+    with torch.no_grad():
+        outs = {impl: m(ids, sequence_id=sid) for impl, m in models.items()}
+    torch.testing.assert_close(outs["flex"].logits, outs["torch"].logits, atol=1e-5, rtol=1e-4)
     outs = {impl: m(ids, sequence_id=sid, labels=ids) for impl, m in models.items()}
     torch.testing.assert_close(outs["flex"].logits, outs["torch"].logits, atol=1e-5, rtol=1e-4)
     for out in outs.values():

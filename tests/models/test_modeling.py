@@ -312,33 +312,6 @@ def test_transformers_native_mpt_loads_our_folder(tmp_path, overrides):
         torch.testing.assert_close(auto(ids[:, :20]).logits, model(ids[:, :20]).logits, atol=1e-5, rtol=1e-5)
 
 
-# ---------------------------------------------------------------- generation
-def test_generate_greedy_with_and_without_cache(ids):
-    model = tiny_model()
-    prompt = ids[:, :5]
-    with_cache = model.generate(prompt, max_new_tokens=8, do_sample=False, use_cache=True, pad_token_id=0)
-    no_cache = model.generate(prompt, max_new_tokens=8, do_sample=False, use_cache=False, pad_token_id=0)
-    assert with_cache.shape == (2, 13)
-    assert torch.equal(with_cache[:, :5], prompt)
-    assert torch.equal(with_cache, no_cache)
-
-
-def test_generate_left_padded_batch_matches_single():
-    model = tiny_model()
-    a = torch.tensor([[5, 6, 7, 8, 9]])
-    b = torch.tensor([[0, 0, 11, 12, 13]])
-    mask = torch.tensor([[1, 1, 1, 1, 1], [0, 0, 1, 1, 1]])
-    batch = model.generate(torch.cat([a, b]), attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=0)
-    single = model.generate(b[:, 2:], max_new_tokens=6, do_sample=False, pad_token_id=0)
-    assert torch.equal(batch[1, 5:], single[0, 3:])
-
-
-def test_beam_search_runs():
-    model = tiny_model()
-    out = model.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=4, num_beams=3, do_sample=False, pad_token_id=0)
-    assert out.shape == (1, 7)
-
-
 @pytest.mark.filterwarnings("ignore:DTensor random operators")
 def test_param_init_fn_on_fsdp2_sharded_meta_model(no_process_group):
     """The composer FSDP2 path: shard a meta build, then materialise + init module by module."""

@@ -10,21 +10,28 @@ with causal masking, and document masking when `attn_uses_sequence_id` is set:
   Only document masking or left padding builds a per-batch mask.
 - `flex`: torch.nn.attention.flex_attention, ALiBi as a score_mod and causal + same-document +
   padding as a BlockMask, so no bias tensor is ever materialised on GPU, where it runs compiled.
-  On CPU, torch 2.7's inductor cannot compile flex_attention (its generated C++ does not build,
-  and the backward has no CPU lowering), so there it runs eagerly, through flex's reference
-  implementation, which does materialise the scores: correct but not fast.
+  On CPU it runs eagerly (torch 2.7's inductor cannot compile it there), through flex's reference
+  implementation, which does materialise the scores. Newer torch (2.11 here) refuses CPU inputs
+  that need gradients, eager or compiled, so on CPU with gradients on, wherever this torch's flex
+  cannot train (`flex_trains_on_cpu`), the attention runs the `torch` path instead: SDPA with the
+  same ALiBi, causal, document and padding masks, exact to fp32 rounding. Forward passes without
+  gradients (evaluation, generation) still run flex.
 - `flash`: flash-attn 2's kernel with its native ALiBi slopes (CUDA, fp16/bf16 only); document
   masks go through its variable-length kernel. Needs the `flash-attn` package.
 
 `MPTModel` calls `prepare_attention` once per forward and hands the result to every block.
+The KV cache is a transformers `Cache` (e.g. `DynamicCache`): each layer appends its keys and
+values with `cache.update(k, v, layer_idx)` and attends over everything it returns.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +40,9 @@ from torch import nn
 from .configuration import MPTConfig
 from .norms import build_norm
 
-KVCache = tuple[torch.Tensor, torch.Tensor]  # (keys, values), each (batch, kv_heads, seq, head_dim)
+if TYPE_CHECKING:
+    from transformers import Cache
+
 ATTN_IMPLS = ("torch", "flex", "flash")
 
 
@@ -132,7 +141,8 @@ class AttentionInputs:
     """Everything the blocks' attention needs for one forward, computed once by `prepare_attention`.
 
     impl 'torch': `bias` is the additive mask for SDPA, or None with `is_causal` (no ALiBi, no masks).
-    impl 'flex':  `score_mod` (ALiBi, or None) and `block_mask`.
+    impl 'flex':  `score_mod` (ALiBi, or None) and `block_mask`; `sdpa_fallback` (the 'torch'
+                  inputs) on CPU with gradients on where flex cannot train there.
     impl 'flash': `alibi_slopes` (fp32, or None), and `cu_seqlens` / `max_seqlen` when documents
                   or padding split the rows into segments (variable-length kernel).
     """
@@ -144,6 +154,7 @@ class AttentionInputs:
     is_causal: bool = False
     score_mod: Optional[Callable] = None
     block_mask: Any = None
+    sdpa_fallback: Optional["AttentionInputs"] = None
     alibi_slopes: Optional[torch.Tensor] = None
     cu_seqlens: Optional[torch.Tensor] = None
     max_seqlen: int = 0
@@ -196,7 +207,7 @@ def prepare_attention(
     if impl == "torch":
         return _prepare_torch(config, query_len, past_len, attention_mask, doc_ids, dtype, device, cache)
     if impl == "flex":
-        return _prepare_flex(config, query_len, past_len, attention_mask, doc_ids, device, cache)
+        return _prepare_flex(config, query_len, past_len, attention_mask, doc_ids, dtype, device, cache)
     if impl == "flash":
         return _prepare_flash(config, query_len, past_len, attention_mask, doc_ids, device, cache)
     raise ValueError(f"attn_impl must be one of {ATTN_IMPLS}, got {impl!r}")
@@ -252,13 +263,28 @@ def _flex_kernel(device: torch.device):
     return _COMPILED_FLEX
 
 
+@functools.cache
+def flex_trains_on_cpu() -> bool:
+    """Whether this torch's flex_attention computes gradients on CPU (2.7 does, eagerly; 2.11 refuses)."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    q = torch.zeros(1, 1, 4, 8, requires_grad=True)
+    try:
+        with torch.enable_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # flex's "called without torch.compile" notice
+            flex_attention(q, q, q).sum().backward()
+    except NotImplementedError:
+        return False
+    return True
+
+
 def _alibi_score_mod(slopes: torch.Tensor, past_len: int):
     def score_mod(score, b, h, q_idx, kv_idx):
         return score - slopes[h] * (q_idx + past_len - kv_idx)
     return score_mod
 
 
-def _prepare_flex(config, query_len, past_len, attention_mask, doc_ids, device, cache):
+def _prepare_flex(config, query_len, past_len, attention_mask, doc_ids, dtype, device, cache):
     from torch.nn.attention.flex_attention import create_block_mask
 
     key_len = past_len + query_len
@@ -288,10 +314,16 @@ def _prepare_flex(config, query_len, past_len, attention_mask, doc_ids, device, 
         batch = (doc_ids if doc_ids is not None else pad).shape[0]
         block_mask = create_block_mask(masked, batch, None, query_len, key_len, device=device,
                                        _compile=compile_mask)
-    return AttentionInputs("flex", query_len, past_len, score_mod=score_mod, block_mask=block_mask)
+    fallback = None
+    if device.type == "cpu" and torch.is_grad_enabled() and not flex_trains_on_cpu():
+        fallback = _prepare_torch(config, query_len, past_len, attention_mask, doc_ids, dtype, device, cache)
+    return AttentionInputs("flex", query_len, past_len, score_mod=score_mod, block_mask=block_mask,
+                           sdpa_fallback=fallback)
 
 
 def _flex(q, k, v, inputs: AttentionInputs, scale: float) -> torch.Tensor:
+    if inputs.sdpa_fallback is not None and (q.requires_grad or k.requires_grad or v.requires_grad):
+        return _sdpa(q, k, v, inputs.sdpa_fallback, 0.0, scale)
     kernel = _flex_kernel(q.device)
     return kernel(q, k, v, score_mod=inputs.score_mod, block_mask=inputs.block_mask, scale=scale,
                   enable_gqa=k.shape[1] != q.shape[1])
@@ -376,11 +408,13 @@ class MPTAttention(nn.Module):
 
     Parameter names (Wqkv, out_proj, q_ln, k_ln) match mosaicml/mpt-7b. Wqkv is one fused
     projection whose output is [queries (d_model) | keys (kv_dim) | values (kv_dim)].
+    `layer_idx` is this layer's slot in a KV cache.
     """
 
-    def __init__(self, config: MPTConfig):
+    def __init__(self, config: MPTConfig, layer_idx: int = 0):
         super().__init__()
         a = config.attn_config
+        self.layer_idx = layer_idx
         self.attn_impl = a["attn_impl"]
         if self.attn_impl == "flash":
             flash_attn_module()
@@ -403,13 +437,7 @@ class MPTAttention(nn.Module):
         self.out_proj = nn.Linear(self.d_model, self.d_model, bias=bias)
         self.out_proj._is_residual = True  # scaled down at init, it writes into the residual stream
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        attn: AttentionInputs,
-        layer_past: Optional[KVCache] = None,
-        use_cache: bool = False,
-    ) -> tuple[torch.Tensor, Optional[KVCache]]:
+    def forward(self, x: torch.Tensor, attn: AttentionInputs, cache: Optional["Cache"] = None) -> torch.Tensor:
         batch, seq, _ = x.shape
         qkv = self.Wqkv(x)
         if self.clip_qkv:
@@ -425,15 +453,14 @@ class MPTAttention(nn.Module):
         v = v.view(batch, seq, self.kv_n_heads, self.head_dim)
         dropout_p = self.attn_pdrop if self.training else 0.0
 
-        if attn.impl == "flash" and layer_past is None and not use_cache:
+        if attn.impl == "flash" and cache is None:
             out = _flash(q, k, v, attn, dropout_p, self.softmax_scale)  # (b, s, h, d) layout
-            return self.out_proj(out.reshape(batch, seq, self.d_model)), None
+            return self.out_proj(out.reshape(batch, seq, self.d_model))
 
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-        if layer_past is not None:
-            k = torch.cat([layer_past[0], k], dim=2)
-            v = torch.cat([layer_past[1], v], dim=2)
-        present = (k, v) if use_cache else None
+        if cache is not None:
+            # The cache stores this step's keys/values after the layer's earlier ones and returns all.
+            k, v = cache.update(k, v, self.layer_idx)
 
         if attn.impl == "flash":  # with a KV cache: flash-attn's (b, s, h, d) layout again
             out = _flash(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn, dropout_p,
@@ -445,4 +472,4 @@ class MPTAttention(nn.Module):
         else:
             out = _sdpa(q, k, v, attn, dropout_p, self.softmax_scale)
         out = out.transpose(1, 2).reshape(batch, seq, self.d_model)
-        return self.out_proj(out), present
+        return self.out_proj(out)

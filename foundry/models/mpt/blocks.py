@@ -6,14 +6,17 @@ checkpointing); see `fsdp_wrap_fn` / `activation_checkpointing_fn` in modeling.p
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 from torch import nn
 
-from .attention import AttentionInputs, KVCache, MPTAttention
+from .attention import AttentionInputs, MPTAttention
 from .configuration import MPTConfig
 from .norms import build_norm
+
+if TYPE_CHECKING:
+    from transformers import Cache
 
 
 class MPTMLP(nn.Module):
@@ -32,24 +35,18 @@ class MPTMLP(nn.Module):
 
 
 class MPTBlock(nn.Module):
-    def __init__(self, config: MPTConfig):
+    def __init__(self, config: MPTConfig, layer_idx: int = 0):
         super().__init__()
         norm = lambda: build_norm(config.norm_type, config.d_model, config.norm_eps, config.no_bias)  # noqa: E731
         self.norm_1 = norm()
-        self.attn = MPTAttention(config)
+        self.attn = MPTAttention(config, layer_idx)
         self.norm_2 = norm()
         self.ffn = MPTMLP(config)
         self.resid_attn_dropout = nn.Dropout(config.resid_pdrop)
         self.resid_ffn_dropout = nn.Dropout(config.resid_pdrop)
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        attn_inputs: AttentionInputs,
-        layer_past: Optional[KVCache] = None,
-        use_cache: bool = False,
-    ) -> tuple[torch.Tensor, Optional[KVCache]]:
-        attn_out, present = self.attn(self.norm_1(x), attn_inputs, layer_past, use_cache)
-        x = x + self.resid_attn_dropout(attn_out)
+    def forward(self, x: torch.Tensor, attn_inputs: AttentionInputs, cache: Optional["Cache"] = None
+                ) -> torch.Tensor:
+        x = x + self.resid_attn_dropout(self.attn(self.norm_1(x), attn_inputs, cache))
         x = x + self.resid_ffn_dropout(self.ffn(self.norm_2(x)))
-        return x, present
+        return x

@@ -70,13 +70,47 @@ _ATTN_IMPLS_NOT_YET = ("triton",)
 
 # Top-level keys that transformers itself writes into config.json (architectures, torch_dtype,
 # generation defaults, ...) plus legacy keys of MPT-7B / transformers' MptConfig. They are
-# accepted silently; anything else is a typo and raises.
+# accepted silently; anything else is a typo and raises. A folder may come from either
+# transformers: 5 writes `dtype`, 4.x `torch_dtype` and a set of keys 5 no longer knows.
 _LEGACY_KEYS = {"verbose", "initializer_range", "layer_norm_epsilon"}
-_HF_KEYS = set(PretrainedConfig().to_dict()) | {
-    "auto_map", "name_or_path", "_commit_hash", "attn_implementation",
+_BASE_CONFIG_KEYS = set(PretrainedConfig().to_dict())
+_HF4_KEYS = {
+    "torch_dtype", "torchscript", "use_bfloat16", "tf_legacy_loss", "pruned_heads", "is_decoder",
+    "add_cross_attention", "cross_attention_hidden_size", "tie_encoder_decoder", "finetuning_task",
+    "tokenizer_class", "prefix", "bos_token_id", "pad_token_id", "eos_token_id", "sep_token_id",
+    "decoder_start_token_id", "task_specific_params", "_attn_implementation_autoset", "max_length",
+    "min_length", "do_sample", "early_stopping", "num_beams", "num_beam_groups", "diversity_penalty",
+    "temperature", "top_k", "top_p", "typical_p", "repetition_penalty", "length_penalty",
+    "no_repeat_ngram_size", "encoder_no_repeat_ngram_size", "bad_words_ids", "num_return_sequences",
+    "output_scores", "return_dict_in_generate", "forced_bos_token_id", "forced_eos_token_id",
+    "remove_invalid_values", "exponential_decay_length_penalty", "suppress_tokens",
+    "begin_suppress_tokens",
+}
+_HF_KEYS = _BASE_CONFIG_KEYS | _HF4_KEYS | {
+    "dtype", "auto_map", "name_or_path", "_commit_hash", "attn_implementation",
     "_attn_implementation_internal", "num_labels", "gradient_checkpointing",
     "base_model_tp_plan", "base_model_pp_plan",
 }
+# Where the weights' dtype lives in this transformers ("dtype" from 5 on), and the other name.
+DTYPE_KEY = "dtype" if "dtype" in _BASE_CONFIG_KEYS else "torch_dtype"
+_OTHER_DTYPE_KEY = "torch_dtype" if DTYPE_KEY == "dtype" else "dtype"
+
+# transformers 5's own MptConfig is a strict dataclass: it refuses a config.json whose
+# values have other types than it declares, e.g. "attn_pdrop": 0.0 (declared int). to_dict writes
+# whole numbers of its int fields as ints (as MPT-7B's config.json does: "attn_pdrop": 0) and
+# numbers of its float fields as floats; transformers 4.x and this class read either.
+_NATIVE_ATTN_TYPES = {"attn_pdrop": int, "alibi_bias_max": int, "clip_qkv": float, "softmax_scale": float}
+_NATIVE_TOP_TYPES = {"expansion_ratio": int, "embedding_fraction": float, "layer_norm_epsilon": float}
+
+
+def _as_native_type(value: Any, kind: type) -> Any:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return value
+    if kind is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if kind is float and isinstance(value, int):
+        return float(value)
+    return value
 
 
 def _unknown_key_error(kind: str, key: str, valid: list[str]) -> ValueError:
@@ -148,6 +182,10 @@ class MPTConfig(PretrainedConfig):
             norm_eps = legacy_eps
         kwargs.pop("verbose", None)
         kwargs.pop("initializer_range", None)
+        if _OTHER_DTYPE_KEY in kwargs:  # a folder written by the other major version of transformers
+            other = kwargs.pop(_OTHER_DTYPE_KEY)
+            if kwargs.get(DTYPE_KEY) is None:
+                kwargs[DTYPE_KEY] = other
 
         self.d_model = d_model
         self.n_heads = n_heads
@@ -178,6 +216,18 @@ class MPTConfig(PretrainedConfig):
     def to_dict(self) -> dict[str, Any]:
         out = super().to_dict()
         out["layer_norm_epsilon"] = self.norm_eps  # the name transformers' MptForCausalLM reads
+        for key, kind in _NATIVE_TOP_TYPES.items():
+            out[key] = _as_native_type(out[key], kind)
+        out["attn_config"] = {k: _as_native_type(v, _NATIVE_ATTN_TYPES.get(k, object))
+                              for k, v in out["attn_config"].items()}
+        return out
+
+    def to_diff_dict(self) -> dict[str, Any]:
+        # What save_pretrained writes. From transformers 5 the weights' dtype is `dtype`; 4.x reads
+        # only `torch_dtype`, so a folder saved here records both.
+        out = super().to_diff_dict()
+        if DTYPE_KEY == "dtype" and out.get("dtype") is not None:
+            out["torch_dtype"] = out["dtype"]
         return out
 
     @classmethod

@@ -13,6 +13,12 @@ Hooks for the parallelism layer, which this file otherwise knows nothing about:
 
 Attention inputs (ALiBi bias, masks) are prepared once per forward by `prepare_attention`, with the
 batch-independent parts cached on the model, and passed to every block.
+
+The KV cache is a transformers `Cache` (generate() passes a `DynamicCache`; `use_cache=True`
+without one makes one): each attention layer appends to it with `cache.update(k, v, layer_idx)`,
+and the past length is `cache.get_seq_length()`. transformers 5 calls the argument and the output
+field `cache`, 4.x `past_key_values`; forward accepts either and returns it under the running
+version's name.
 """
 
 from __future__ import annotations
@@ -23,22 +29,36 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
-from transformers import GenerationMixin, PreTrainedModel
+from transformers import Cache, DynamicCache, GenerationMixin, PreTrainedModel
 from transformers import modeling_utils as hf_modeling_utils
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
-from .attention import AttentionCache, KVCache, prepare_attention
+from .attention import AttentionCache, prepare_attention
 from .blocks import MPTBlock
 from .configuration import MPTConfig
 from .init import init_module_
 from .loss import causal_lm_loss, chunked_causal_lm_loss
 from .norms import build_norm
 
+# The output field (and generate()'s model argument) that holds the KV cache in this transformers.
+CACHE_NAME = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+
+def _kv_cache(cache: Optional[Cache], past_key_values: Optional[Cache]) -> Optional[Cache]:
+    if cache is not None and past_key_values is not None:
+        raise ValueError("pass the KV cache as `cache` or as `past_key_values`, not both")
+    cache = cache if cache is not None else past_key_values
+    if cache is not None and not isinstance(cache, Cache):
+        raise TypeError(f"the KV cache must be a transformers Cache (e.g. DynamicCache), got {type(cache).__name__}")
+    return cache
+
 
 class MPTPreTrainedModel(PreTrainedModel):
     config_class = MPTConfig
     base_model_prefix = "transformer"
     _no_split_modules = ["MPTBlock"]
+    # transformers 4.x's generate() hands a DynamicCache only to models that declare this (5 always does).
+    _supports_cache_class = True
     # MPT-7B's checkpoint carries an unused position table (learned_pos_emb and ALiBi both set).
     _keys_to_ignore_on_load_unexpected = [r"transformer\.wpe\.weight"]
 
@@ -89,7 +109,7 @@ class MPTModel(MPTPreTrainedModel):
             self.wte = nn.Embedding(config.vocab_size, config.d_model)
             self.wpe = nn.Embedding(config.max_seq_len, config.d_model) if config.learned_pos_emb else None
             self.emb_drop = nn.Dropout(config.emb_pdrop)
-            self.blocks = nn.ModuleList(MPTBlock(config) for _ in range(config.n_layers))
+            self.blocks = nn.ModuleList(MPTBlock(config, i) for i in range(config.n_layers))
             self.norm_f = build_norm(config.norm_type, config.d_model, config.norm_eps, config.no_bias)
         self._attn_cache = AttentionCache()
         if post_init:  # MPTForCausalLM materialises and initialises the whole model once instead
@@ -111,19 +131,22 @@ class MPTModel(MPTPreTrainedModel):
         input_ids: Optional[torch.LongTensor] = None,
         attention_mask: Optional[torch.Tensor] = None,
         sequence_id: Optional[torch.LongTensor] = None,
-        past_key_values: Optional[tuple[KVCache, ...]] = None,
+        past_key_values: Optional[Cache] = None,
         use_cache: Optional[bool] = None,
         inputs_embeds: Optional[torch.Tensor] = None,
         output_hidden_states: Optional[bool] = None,
         return_dict: Optional[bool] = None,
+        cache: Optional[Cache] = None,
     ) -> BaseModelOutputWithPast:
         cfg = self.config
-        use_cache = cfg.use_cache if use_cache is None else use_cache
+        cache = _kv_cache(cache, past_key_values)
+        if cache is None and (cfg.use_cache if use_cache is None else use_cache):
+            cache = DynamicCache()
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         x = self.wte(input_ids) if inputs_embeds is None else inputs_embeds
         batch, seq = x.shape[:2]
-        past_len = past_key_values[0][0].shape[2] if past_key_values else 0
+        past_len = cache.get_seq_length() if cache is not None else 0
         if (cfg.attn_config["attn_uses_sequence_id"] and self.training and sequence_id is None):
             raise ValueError("attn_uses_sequence_id is on: training batches must carry sequence_id")
 
@@ -149,27 +172,24 @@ class MPTModel(MPTPreTrainedModel):
         attn_inputs = prepare_attention(cfg, seq, past_len, attention_mask, sequence_id,
                                         dtype=compute_dtype, device=x.device, cache=self._attn_cache)
 
-        presents = [] if use_cache else None
         hidden_states = [] if output_hidden_states else None
         ac_every = cfg.ac_every_n_blocks if self.training and torch.is_grad_enabled() else 0
         for i, block in enumerate(self.blocks):
             if hidden_states is not None:
                 hidden_states.append(x)
-            layer_past = past_key_values[i] if past_key_values else None
-            if ac_every and i % ac_every == 0 and not use_cache:
-                # Keep only this block's input; recompute its activations in backward.
-                x, present = checkpoint(block, x, attn_inputs, layer_past, use_cache, use_reentrant=False)
+            if ac_every and i % ac_every == 0 and cache is None:
+                # Keep only this block's input; recompute its activations in backward. (Not with a
+                # cache: the recomputation would append the keys and values a second time.)
+                x = checkpoint(block, x, attn_inputs, use_reentrant=False)
             else:
-                x, present = block(x, attn_inputs, layer_past, use_cache)
-            if presents is not None:
-                presents.append(present)
+                x = block(x, attn_inputs, cache)
         x = self.norm_f(x)
         if hidden_states is not None:
             hidden_states.append(x)
         return BaseModelOutputWithPast(
             last_hidden_state=x,
-            past_key_values=tuple(presents) if presents is not None else None,
             hidden_states=tuple(hidden_states) if hidden_states is not None else None,
+            **{CACHE_NAME: cache},
         )
 
 
@@ -202,27 +222,25 @@ class MPTForCausalLM(MPTPreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, value: nn.Linear) -> None:
         self.lm_head = value
 
-    def tie_weights(self) -> None:
-        pass  # tied by construction (no lm_head), nothing to re-tie
-
     def forward(
         self,
         input_ids: Optional[torch.LongTensor] = None,
         attention_mask: Optional[torch.Tensor] = None,
         sequence_id: Optional[torch.LongTensor] = None,
         labels: Optional[torch.LongTensor] = None,
-        past_key_values: Optional[tuple[KVCache, ...]] = None,
+        past_key_values: Optional[Cache] = None,
         use_cache: Optional[bool] = None,
         return_dict: Optional[bool] = True,
         inputs_embeds: Optional[torch.Tensor] = None,
         output_hidden_states: Optional[bool] = None,
         output_attentions: Optional[bool] = None,
+        cache: Optional[Cache] = None,
     ) -> CausalLMOutputWithPast:
         if output_attentions:
             raise ValueError("output_attentions is not supported (attention runs in fused SDPA)")
         out = self.transformer(
             input_ids=input_ids, attention_mask=attention_mask, sequence_id=sequence_id,
-            past_key_values=past_key_values, use_cache=use_cache, inputs_embeds=inputs_embeds,
+            cache=_kv_cache(cache, past_key_values), use_cache=use_cache, inputs_embeds=inputs_embeds,
             output_hidden_states=output_hidden_states,
         )
         h = out.last_hidden_state
@@ -235,21 +253,17 @@ class MPTForCausalLM(MPTPreTrainedModel, GenerationMixin):
             if self.logit_scale is not None:
                 logits = logits * self.logit_scale
             loss = causal_lm_loss(logits, labels) if labels is not None else None
-        result = CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=out.past_key_values,
-                                        hidden_states=out.hidden_states)
+        result = CausalLMOutputWithPast(loss=loss, logits=logits, hidden_states=out.hidden_states,
+                                        **{CACHE_NAME: getattr(out, CACHE_NAME)})
         return result if return_dict is not False else result.to_tuple()
 
     # ------------------------------------------------------------- generation
     def prepare_inputs_for_generation(self, input_ids, past_key_values=None, attention_mask=None,
-                                      use_cache=None, **kwargs) -> dict:
-        # With a cache, only the tokens not yet seen go through the model; the attention mask
-        # still covers past + new tokens.
-        if past_key_values:
-            input_ids = input_ids[:, past_key_values[0][0].shape[2]:]
-        return {"input_ids": input_ids, "attention_mask": attention_mask,
-                "past_key_values": past_key_values, "use_cache": use_cache}
-
-    @staticmethod
-    def _reorder_cache(past_key_values, beam_idx):
-        return tuple(tuple(t.index_select(0, beam_idx.to(t.device)) for t in layer)
-                     for layer in past_key_values)
+                                      use_cache=None, cache=None, **kwargs) -> dict:
+        # With a cache, only the tokens it has not seen go through the model; the attention mask
+        # still covers past + new tokens. Beam search reorders the cache itself (Cache.reorder_cache).
+        cache = _kv_cache(cache, past_key_values)
+        if cache is not None:
+            input_ids = input_ids[:, cache.get_seq_length():]
+        return {"input_ids": input_ids, "attention_mask": attention_mask, CACHE_NAME: cache,
+                "use_cache": use_cache}
