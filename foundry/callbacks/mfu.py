@@ -14,7 +14,7 @@ the ranks on the node). Other processes running on the machine lower that measur
 
 Rates are taken over the last `window_size` batches from wall-clock time at each batch end and
 Composer's global sample/token counters, so the callback reads no tensor and adds no host-device
-sync. Metrics (every `log_interval` batches, once the window holds two batch ends):
+sync (tests/callbacks/test_host_sync.py counts the reads). Metrics (every `log_interval` batches, once the window holds two batch ends):
 
   throughput/batches_per_sec, throughput/samples_per_sec, throughput/tokens_per_sec   (all ranks)
   throughput/device/samples_per_sec, throughput/device/tokens_per_sec,

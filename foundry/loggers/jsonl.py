@@ -12,16 +12,26 @@ batch k (throughput/*, lr-* for the next batch, eval metrics/*) carry step k + 1
 land on the next line, exactly where wandb and tensorboard plot them. The last line
 of a fit (batch = number of batches trained) holds end-of-fit values and no train loss.
 
-All metrics logged with the same step are merged into one line, written when a
-metric with a different step arrives, at fit end and at close; each write is flushed,
-so a killed run loses only the step it was in the middle of. The file is opened in
-append mode, so a resumed run continues it; batches it replays appear twice, and
-`read_metrics` keeps the later line.
+All metrics logged with the same step are merged into one line, completed when a
+metric with a different step arrives, at fit end and at close; each write is flushed.
+The file is opened in append mode, so a resumed run continues it; batches it replays
+appear twice, and `read_metrics` keeps the later line.
+
+No host-device sync per batch. Reading a GPU tensor's value (`.tolist()`, `.item()`)
+blocks the host until the GPU has run everything queued before it, which stalls the
+launch of the next batch's kernels. Python numbers and CPU tensors are converted at once
+and their lines written as soon as they are complete (a killed run loses only the step it
+was in the middle of). A metric that is an accelerator tensor (a torchmetrics train
+metric, for example) is kept as a detached copy on its device instead, and its line is
+held; held lines are written together every `device_flush_interval` lines, at fit end and
+at close, after one device-to-host copy per (device, dtype) for all their tensors. So a
+killed run may lose up to that many held lines, and lines stay in step order.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import IO, Any, Optional
 
@@ -35,9 +45,14 @@ __all__ = ['JSONLinesLogger', 'read_metrics']
 class JSONLinesLogger(LoggerDestination):
     """Append every logged metric to `path` as JSON lines, one line per step (see module doc)."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], device_flush_interval: int = 10) -> None:
         super().__init__()
+        if device_flush_interval < 1:
+            raise ValueError(f'device_flush_interval must be >= 1, got {device_flush_interval}')
         self.path = os.fspath(path)
+        self.device_flush_interval = device_flush_interval
+        # Completed lines not yet written, in step order (see the module docstring).
+        self._held: list[dict[str, Any]] = []
         self._file: Optional[IO[str]] = None
         self._step: Optional[int] = None
         self._pending: dict[str, Any] = {}
@@ -63,11 +78,11 @@ class JSONLinesLogger(LoggerDestination):
 
     def fit_end(self, state: State, logger: Logger) -> None:
         del state, logger  # unused
-        self._write_pending()
+        self._write_pending(force=True)
 
     def close(self, state: State, logger: Logger) -> None:
         del state, logger  # unused
-        self._write_pending()
+        self._write_pending(force=True)
         if self._file is not None:
             self._file.close()
             self._file = None
@@ -85,19 +100,25 @@ class JSONLinesLogger(LoggerDestination):
             self._file.write('\n')
             self._file.flush()
 
-    def _write_pending(self) -> None:
-        if not self._pending or self._step is None:
+    def _write_pending(self, force: bool = False) -> None:
+        if self._pending and self._step is not None:
+            line: dict[str, Any] = {'batch': self._step}
+            if self._last_line is not None and self._last_line['batch'] == self._step:
+                line.update(self._last_line)
+            line.update(self._pending)
+            self._last_line = line
+            self._pending = {}
+            self._held.append(line)
+        if not self._held:
             return
+        if not force and len(self._held) < self.device_flush_interval and _holds_device_tensors(self._held):
+            return  # wait: writing now would read a GPU value, a host-device sync
+        _values_to_host(self._held)
         self._open()
         assert self._file is not None
-        line: dict[str, Any] = {'batch': self._step}
-        if self._last_line is not None and self._last_line['batch'] == self._step:
-            line.update(self._last_line)
-        line.update(self._pending)
-        self._file.write(json.dumps(line, default=_to_json) + '\n')
+        self._file.write(''.join(json.dumps(line, default=_to_json) + '\n' for line in self._held))
         self._file.flush()
-        self._last_line = line
-        self._pending = {}
+        self._held = []
 
 
 def read_metrics(path: str | os.PathLike[str]) -> dict[int, dict[str, Any]]:
@@ -122,13 +143,50 @@ def read_metrics(path: str | os.PathLike[str]) -> dict[int, dict[str, Any]]:
     return dict(sorted(out.items()))
 
 
+def _on_host(tensor: Any) -> bool:
+    """Whether reading this tensor's value costs no host-device sync."""
+    return tensor.device.type == 'cpu'
+
+
 def _plain(value: Any) -> Any:
     # Metrics arrive as Python floats, 0-d tensors or numpy scalars; json needs plain values.
     if hasattr(value, 'detach'):  # torch.Tensor
-        return value.detach().cpu().tolist()
+        value = value.detach()
+        # A device tensor is copied on its device (asynchronous) and read when its line is written.
+        return value.tolist() if _on_host(value) else value.clone()
     if hasattr(value, 'tolist'):  # numpy array or scalar
         return value.tolist()
     return value
+
+
+def _holds_device_tensors(lines: list[dict[str, Any]]) -> bool:
+    return any(hasattr(v, 'detach') for line in lines for v in line.values())
+
+
+def _values_to_host(lines: list[dict[str, Any]]) -> None:
+    """Replace every tensor in `lines` by its value, with one device-to-host copy per (device, dtype)."""
+    import torch
+
+    groups: dict[tuple[Any, Any], list[tuple[dict[str, Any], str, Any]]] = {}
+    for line in lines:
+        for key, value in line.items():
+            if hasattr(value, 'detach'):
+                groups.setdefault((value.device, value.dtype), []).append((line, key, value))
+    for entries in groups.values():
+        # tolist() on the concatenation is the one device-to-host copy (and sync) of this group.
+        flat = torch.cat([t.reshape(-1) for _, _, t in entries]).tolist()
+        offset = 0
+        for line, key, t in entries:
+            line[key] = _nest(flat[offset:offset + t.numel()], tuple(t.shape))
+            offset += t.numel()
+
+
+def _nest(values: list[Any], shape: tuple[int, ...]) -> Any:
+    """A flat list of values in the nested-list form `tensor.tolist()` gives for `shape`."""
+    if not shape:
+        return values[0]
+    inner = math.prod(shape[1:])
+    return [_nest(values[i * inner:(i + 1) * inner], shape[1:]) for i in range(shape[0])]
 
 
 def _to_json(value: Any) -> Any:

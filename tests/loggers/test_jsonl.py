@@ -178,3 +178,31 @@ def test_logger_registry_errors():
         build_loggers({'wandbb': {}})
     with pytest.raises(ValueError, match=r"unknown key 'projct' for logger 'wandb' \(did you mean 'project'\?\)"):
         build_loggers({'wandb': {'projct': 'x'}})
+
+
+def test_device_tensor_lines_are_held_and_written_in_order(tmp_path, monkeypatch):
+    """Lines holding accelerator tensors are written every device_flush_interval lines, in step order.
+
+    No GPU here: `_on_host` is patched so CPU tensors take the accelerator path
+    (tests/callbacks/test_host_sync.py counts the host reads this saves).
+    """
+    import foundry.loggers.jsonl as jsonl
+
+    monkeypatch.setattr(jsonl, '_on_host', lambda tensor: False)
+    path = tmp_path / 'metrics.jsonl'
+    logger = JSONLinesLogger(path, device_flush_interval=3)
+    source = torch.tensor([1.0, 2.0])
+    logger.log_metrics({'loss': torch.tensor(0.5), 'pair': source}, step=0)
+    source.add_(10)  # the logger kept a copy: the line shows the value at log time
+    logger.log_metrics({'lr': 0.1}, step=1)  # plain, but after a held line: waits to keep the order
+    logger.log_metrics({'n': torch.tensor([[1, 2], [3, 4]])}, step=2)
+    assert not path.exists() or path.read_text() == ''
+    logger.log_metrics({'loss': torch.tensor(0.25)}, step=3)  # completes line 2: three held, written
+    assert read_metrics(path) == {0: {'loss': 0.5, 'pair': [1.0, 2.0]}, 1: {'lr': 0.1}, 2: {'n': [[1, 2], [3, 4]]}}
+    logger.fit_end(None, None)  # fit end writes whatever is held
+    assert read_metrics(path)[3] == {'loss': 0.25}
+    logger.log_metrics({'metrics/eval/x': torch.tensor(2.0)}, step=3)  # a step that returns, then close
+    logger.close(None, None)
+    assert read_metrics(path)[3] == {'loss': 0.25, 'metrics/eval/x': 2.0}
+    with pytest.raises(ValueError, match='device_flush_interval'):
+        JSONLinesLogger(path, device_flush_interval=0)
