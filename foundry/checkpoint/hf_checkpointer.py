@@ -101,6 +101,8 @@ def _write_folder(model, tokenizer, weights: dict[str, torch.Tensor], out_dir: s
 
     from safetensors.torch import save_file
 
+    from foundry.models.mpt.configuration import DTYPE_KEY
+
     os.makedirs(out_dir, exist_ok=True)
     config = copy.deepcopy(model.config)
     tied = getattr(config, 'tie_word_embeddings', True)
@@ -111,7 +113,7 @@ def _write_folder(model, tokenizer, weights: dict[str, torch.Tensor], out_dir: s
         tensor = tensor.detach().cpu()
         tensors[name] = (tensor.to(dtype) if tensor.is_floating_point() else tensor).contiguous()
     save_file(tensors, os.path.join(out_dir, 'model.safetensors'), metadata={'format': 'pt'})
-    config.torch_dtype = dtype
+    setattr(config, DTYPE_KEY, dtype)
     config.save_pretrained(out_dir)
     if tokenizer is not None:
         tokenizer.save_pretrained(out_dir)

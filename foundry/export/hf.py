@@ -63,7 +63,7 @@ def _export_hf(checkpoint: str, source: str, out_dir: str, dtype: Optional[str],
     from safetensors.torch import save_file
     from transformers import AutoTokenizer
 
-    from foundry.models.mpt.configuration import MPTConfig
+    from foundry.models.mpt.configuration import DTYPE_KEY, MPTConfig
 
     # Resolve first (a remote checkpoint is downloaded with its run's hf_meta beside it); the
     # checkpoint, file or folder, sits directly in the save folder that holds hf_meta.
@@ -99,7 +99,7 @@ def _export_hf(checkpoint: str, source: str, out_dir: str, dtype: Optional[str],
 
     _rename_shards(out_dir, shard_files, weight_map)
     if target_dtype is not None:
-        config.torch_dtype = target_dtype
+        setattr(config, DTYPE_KEY, target_dtype)
     config.save_pretrained(out_dir)
     AutoTokenizer.from_pretrained(meta_dir).save_pretrained(out_dir)
     print(f'exported {len(weight_map)} tensors ({total / 2**20:.1f} MiB) from '
@@ -107,19 +107,30 @@ def _export_hf(checkpoint: str, source: str, out_dir: str, dtype: Optional[str],
     problems = transformers_incompatibilities(config)
     if problems:
         print(f"warning: transformers' native MptForCausalLM cannot represent this model ({'; '.join(problems)}): "
-              f'AutoModelForCausalLM.from_pretrained would build a different network. Load the folder with '
-              f'foundry.models.mpt.modeling.MPTForCausalLM.from_pretrained instead.')
+              f'AutoModelForCausalLM.from_pretrained would build a different network or refuse the config. Load '
+              f'the folder with foundry.models.mpt.modeling.MPTForCausalLM.from_pretrained instead.')
     return out_dir
 
 
 def transformers_incompatibilities(config) -> list[str]:
-    """What in an MPT config transformers' own MPT class (modeling_mpt.py, 4.51) does not implement.
+    """What in an MPT config transformers' own MPT class (modeling_mpt.py, 4.51 and 5) does not implement.
 
     That class hard-codes a 4x MLP, multi-head attention with one fused Wqkv, ALiBi with
     alibi_bias_max 8, LayerNorm, no biases in linear layers, and no position embedding table.
+    transformers 5's MptConfig also checks types: attn_pdrop must be an int (so 0) and attn_type
+    multihead_attention or multiquery_attention.
     """
+    import transformers
+
     attn = dict(getattr(config, 'attn_config', None) or {})
     problems = []
+    if int(transformers.__version__.split('.')[0]) >= 5:
+        pdrop = attn.get('attn_pdrop', 0)
+        if not float(pdrop).is_integer():
+            problems.append(f'attn_pdrop {pdrop} (transformers 5 declares an int)')
+        if attn.get('attn_type') == 'grouped_query_attention' and attn.get('kv_n_heads') == config.n_heads:
+            problems.append('attn_type grouped_query_attention (transformers 5 accepts multihead_attention or '
+                            'multiquery_attention)')
     if getattr(config, 'expansion_ratio', 4) != 4:
         problems.append(f'expansion_ratio {config.expansion_ratio} (transformers hard-codes 4)')
     if not attn.get('alibi', True):

@@ -59,6 +59,18 @@ def write_meta(save_folder: str, config) -> str:
     return write_run_meta(save_folder, config, tokenizer)
 
 
+def tokenizer_files(tokenizer_dir: str) -> set[str]:
+    """The files this transformers writes for the tokenizer in `tokenizer_dir` (4.51 also writes
+    special_tokens_map.json, 5 does not)."""
+    import tempfile
+
+    from transformers import AutoTokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(tmp)
+        return set(os.listdir(tmp))
+
+
 def truncate(path: str, keep_fraction: float = 0.5) -> None:
     size = os.path.getsize(path)
     with open(path, 'r+b') as f:

@@ -15,7 +15,8 @@ from foundry.cli import main as foundry_cli
 from foundry.export.checkpoint import CheckpointError
 from foundry.export.hf import export_hf, transformers_incompatibilities
 from foundry.export.remote import download_checkpoint
-from tests.checkpoint.helpers import tiny_mpt, write_full, write_meta, write_sharded
+from foundry.models.mpt.configuration import DTYPE_KEY
+from tests.checkpoint.helpers import tiny_mpt, tokenizer_files, write_full, write_meta, write_sharded
 
 IDS = torch.randint(0, 128, (2, 32), generator=torch.Generator().manual_seed(0))
 
@@ -49,8 +50,9 @@ def test_export_loads_in_transformers_with_foundry_logits(kind, tmp_path):
     model, folder, name = saved_run(tmp_path, kind)
     out = tmp_path / 'hf'
     export_hf(str(folder / 'latest-rank0.pt'), str(out))
-    assert sorted(os.listdir(out)) == ['config.json', 'model.safetensors', 'special_tokens_map.json', 'tokenizer.json',
-                                       'tokenizer_config.json']
+    # The config, one weights file, and the tokenizer as this transformers saves it.
+    assert {'tokenizer.json', 'tokenizer_config.json'} <= tokenizer_files(str(folder / 'hf_meta'))
+    assert set(os.listdir(out)) == {'config.json', 'model.safetensors'} | tokenizer_files(str(folder / 'hf_meta'))
     diff = max_logit_difference(model, out)
     print(f'{kind}: max |logit difference| transformers vs foundry: {diff:.3g}')
     assert diff < 1e-5
@@ -74,7 +76,12 @@ def test_bf16_export_in_several_shards(tmp_path, capsys):
     with safe_open(str(out / shards[0]), framework='pt') as f:
         assert all(f.get_tensor(k).dtype == torch.bfloat16 for k in f.keys())
     with open(out / 'config.json') as f:
-        assert json.load(f)['torch_dtype'] == 'bfloat16'
+        config = json.load(f)
+    # Under this transformers' key (5: dtype) and under torch_dtype, which is what 4.x reads.
+    assert config[DTYPE_KEY] == config['torch_dtype'] == 'bfloat16'
+    from transformers import AutoConfig
+
+    assert getattr(AutoConfig.from_pretrained(str(out)), DTYPE_KEY) == torch.bfloat16
     assert max_logit_difference(model.to(torch.bfloat16).float(), out) < 1e-2
     assert 'exported' in capsys.readouterr().out
 
