@@ -101,6 +101,7 @@ def _write_folder(model, tokenizer, weights: dict[str, torch.Tensor], out_dir: s
 
     from safetensors.torch import save_file
 
+    from foundry.export.hf import save_tokenizer
     from foundry.models.mpt.configuration import DTYPE_KEY
 
     os.makedirs(out_dir, exist_ok=True)
@@ -116,4 +117,4 @@ def _write_folder(model, tokenizer, weights: dict[str, torch.Tensor], out_dir: s
     setattr(config, DTYPE_KEY, dtype)
     config.save_pretrained(out_dir)
     if tokenizer is not None:
-        tokenizer.save_pretrained(out_dir)
+        save_tokenizer(tokenizer, out_dir)

@@ -28,8 +28,27 @@ def write_run_meta(save_folder: str, mpt_config, tokenizer) -> str:
     meta_dir = os.path.join(save_folder, META_DIRNAME)
     os.makedirs(meta_dir, exist_ok=True)
     mpt_config.save_pretrained(meta_dir)
-    tokenizer.save_pretrained(meta_dir)
+    save_tokenizer(tokenizer, meta_dir)
     return meta_dir
+
+
+def save_tokenizer(tokenizer, folder: str) -> None:
+    """`tokenizer.save_pretrained(folder)`, loadable by transformers 4.x as well as 5.
+
+    transformers 5 records a plain tokenizers-backed tokenizer (what a tokenizer.json loads as) as
+    `"tokenizer_class": "TokenizersBackend"`, a class 4.x does not have; in 5 that class is also
+    exported as `PreTrainedTokenizerFast`, the name 4.x knows, so the folder records that one.
+    """
+    tokenizer.save_pretrained(folder)
+    path = os.path.join(folder, 'tokenizer_config.json')
+    if not os.path.isfile(path):
+        return
+    with open(path) as f:
+        config = json.load(f)
+    if config.get('tokenizer_class') == 'TokenizersBackend':
+        config['tokenizer_class'] = 'PreTrainedTokenizerFast'
+        with open(path, 'w') as f:
+            json.dump(config, f, indent=2, ensure_ascii=False)
 
 
 def find_run_meta(checkpoint_path: str) -> str:
@@ -101,7 +120,7 @@ def _export_hf(checkpoint: str, source: str, out_dir: str, dtype: Optional[str],
     if target_dtype is not None:
         setattr(config, DTYPE_KEY, target_dtype)
     config.save_pretrained(out_dir)
-    AutoTokenizer.from_pretrained(meta_dir).save_pretrained(out_dir)
+    save_tokenizer(AutoTokenizer.from_pretrained(meta_dir), out_dir)
     print(f'exported {len(weight_map)} tensors ({total / 2**20:.1f} MiB) from '
           f'{checkpoint if source != checkpoint else local} to {out_dir}')
     problems = transformers_incompatibilities(config)

@@ -61,6 +61,9 @@ def test_export_loads_in_transformers_with_foundry_logits(kind, tmp_path):
     generated = AutoModelForCausalLM.from_pretrained(str(out)).generate(IDS[:1, :4], max_new_tokens=6, do_sample=False)
     assert generated.shape == (1, 10)
     assert AutoTokenizer.from_pretrained(str(out)).eos_token == '<|endoftext|>'
+    with open(out / 'tokenizer_config.json') as f:
+        # transformers 5's name for a plain tokenizer.json tokenizer, unknown to 4.x: not written.
+        assert json.load(f)['tokenizer_class'] != 'TokenizersBackend'
 
 
 def test_bf16_export_in_several_shards(tmp_path, capsys):

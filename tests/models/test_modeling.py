@@ -1,4 +1,5 @@
 import inspect
+import json
 import math
 import warnings
 
@@ -90,6 +91,45 @@ def test_config_json_round_trip(tmp_path):
     native = transformers.AutoConfig.from_pretrained(tmp_path / "mha")
     assert isinstance(native, transformers.MptConfig)
     assert native.layer_norm_epsilon == 1e-6 and native.d_model == 32
+
+
+@pytest.mark.parametrize("writer", ["4.51", "5"])
+def test_config_json_of_either_transformers_loads(tmp_path, writer):
+    """A folder saved under the other major transformers version loads here, dtype included."""
+    from foundry.models.mpt.configuration import DTYPE_KEY
+
+    raw = tiny_config().to_dict()
+    for key in ("dtype", "torch_dtype"):
+        raw.pop(key, None)
+    if writer == "4.51":  # torch_dtype, and keys transformers 5 no longer has
+        raw.update(transformers_version="4.51.3", torch_dtype="bfloat16", torchscript=False, use_bfloat16=False,
+                   pruned_heads={}, bos_token_id=None, tokenizer_class=None, _attn_implementation_autoset=True)
+    else:  # what MPTConfig writes under transformers 5: dtype, and torch_dtype for 4.x readers
+        raw.update(transformers_version="5.25.0", dtype="bfloat16", torch_dtype="bfloat16")
+    (tmp_path / "config.json").write_text(json.dumps(raw))
+    assert getattr(MPTConfig.from_pretrained(tmp_path), DTYPE_KEY) == torch.bfloat16
+    native = transformers.AutoConfig.from_pretrained(tmp_path)
+    assert isinstance(native, transformers.MptConfig) and getattr(native, DTYPE_KEY) == torch.bfloat16
+    del raw["torch_dtype"]  # a file with only transformers 5's key still gives foundry its dtype
+    raw["dtype"] = "float16"
+    (tmp_path / "config.json").write_text(json.dumps(raw))
+    assert getattr(MPTConfig.from_pretrained(tmp_path), DTYPE_KEY) == torch.float16
+
+
+def test_config_json_has_the_types_transformers_5_declares(tmp_path):
+    """transformers 5's MptConfig refuses e.g. attn_pdrop 0.0 (an int field) or clip_qkv 6 (a float one)."""
+    cfg = tiny_config(expansion_ratio=4.0, embedding_fraction=1, attn_config={"attn_pdrop": 0.0, "clip_qkv": 6,
+                                                                              "alibi_bias_max": 8.0})
+    cfg.save_pretrained(tmp_path)
+    raw = json.loads((tmp_path / "config.json").read_text())
+    assert raw["expansion_ratio"] == 4 and isinstance(raw["expansion_ratio"], int)
+    assert isinstance(raw["embedding_fraction"], float)
+    a = raw["attn_config"]
+    assert (a["attn_pdrop"], a["clip_qkv"], a["alibi_bias_max"]) == (0, 6.0, 8)
+    assert [type(a[k]) for k in ("attn_pdrop", "clip_qkv", "alibi_bias_max")] == [int, float, int]
+    native = transformers.AutoConfig.from_pretrained(tmp_path)
+    assert isinstance(native, transformers.MptConfig)
+    assert MPTConfig.from_pretrained(tmp_path).attn_config == cfg.attn_config
 
 
 # ---------------------------------------------------------------- model structure
