@@ -16,6 +16,11 @@ with different learning rates decay correctly.
 (it only `setdefault`s it), so Composer's schedulers, which rescale `group['lr']` from
 `group['initial_lr']`, agree with us on what the base lr is, and it is checkpointed with
 the rest of the group.
+
+`foreach: true` (the default, `optimizer.foreach` in the YAML) steps each group with torch's
+multi-tensor kernels (foundry/optim/lion_foreach.py): the same operations and scalars as
+`update_fn`, bit-identical on CPU; `foreach: false` keeps lion-pytorch's per-parameter step. The
+state (`exp_avg` per parameter) is the same either way, so a checkpoint resumes with either.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ import torch
 from lion_pytorch import Lion
 from lion_pytorch.lion_pytorch import update_fn
 
+from foundry.optim.lion_foreach import lion_foreach_
+
 
 class DecoupledLionW(Lion):
     """LION (Chen et al. 2023) with decoupled, lr-scaled weight decay.
@@ -33,8 +40,8 @@ class DecoupledLionW(Lion):
     State is a single `exp_avg` buffer per parameter (half of Adam's). Works on plain
     tensors and FSDP2 DTensors alike: the step is pointwise ops only (mul_, add, sgn_),
     all of which DTensor shards locally, with no `.item()` or host sync per parameter.
-    We step one parameter at a time rather than with lion-pytorch's foreach variant
-    because torch 2.7's DTensor has no sharding rule for `_foreach_sign_`.
+    lion-pytorch's own foreach variant cannot run on DTensors (DTensor has no sharding
+    rule for `_foreach_sign_`, on torch 2.7 or 2.11); ours steps their local shards.
     """
 
     def __init__(
@@ -43,6 +50,7 @@ class DecoupledLionW(Lion):
         lr: float = 1e-4,
         betas: tuple[float, float] = (0.9, 0.99),
         weight_decay: float = 0.0,
+        foreach: bool = True,
     ):
         if lr <= 0.0:
             raise ValueError(f'DecoupledLionW needs lr > 0 (it divides weight decay by the initial lr), got {lr}')
@@ -54,6 +62,9 @@ class DecoupledLionW(Lion):
         # lion-pytorch's use_triton / decoupled_weight_decay stay off: step() below always
         # calls the reference update_fn and does its own lr/initial_lr scaling.
         super().__init__(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
+        # An attribute, not a group key: it is how to step, not state, and checkpoints written
+        # before it existed (or by the other setting) load unchanged.
+        self.foreach = bool(foreach)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         # Record each group's starting lr before any scheduler touches group['lr'].
@@ -74,11 +85,19 @@ class DecoupledLionW(Lion):
             beta1, beta2 = group['betas']
             # Folding 1/initial_lr into wd makes update_fn's `1 - lr * wd` our lr-scaled decay.
             wd = group['weight_decay'] / group['initial_lr']
+            params, grads, exp_avgs = [], [], []
             for p in group['params']:
                 if p.grad is None:
                     continue
                 state = self.state[p]
                 if len(state) == 0:
                     state['exp_avg'] = torch.zeros_like(p)
-                update_fn(p, p.grad, state['exp_avg'], lr, wd, beta1, beta2)
+                if self.foreach:
+                    params.append(p)
+                    grads.append(p.grad)
+                    exp_avgs.append(state['exp_avg'])
+                else:
+                    update_fn(p, p.grad, state['exp_avg'], lr, wd, beta1, beta2)
+            if params:
+                lion_foreach_(params, grads, exp_avgs, lr=lr, wd=wd, beta1=beta1, beta2=beta2)
         return loss

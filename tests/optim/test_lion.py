@@ -135,7 +135,8 @@ def test_lion_pytorch_builds_and_steps():
 
 def test_registry_covers_all_names():
     assert set(OPTIMIZERS) == {'decoupled_lionw', 'lion', 'decoupled_adamw', 'adamw'}
-    assert OPTIMIZER_KEYS['decoupled_lionw'] == {'lr': 1e-4, 'betas': (0.9, 0.99), 'weight_decay': 0.0}
+    assert OPTIMIZER_KEYS['decoupled_lionw'] == {'lr': 1e-4, 'betas': (0.9, 0.99), 'weight_decay': 0.0,
+                                             'foreach': True}
     assert {'lr', 'betas', 'eps', 'weight_decay'} <= set(OPTIMIZER_KEYS['decoupled_adamw'])
     model = torch.nn.Linear(3, 2)
     assert type(build_optimizer(model, 'decoupled_adamw', {'lr': 1e-3, 'eps': 1e-8})) is DecoupledAdamW
@@ -161,7 +162,7 @@ def test_unknown_optimizer_kwarg_names_optimizer_and_keys():
     msg = str(e.value)
     assert "'weight_decy'" in msg and "'decoupled_lionw'" in msg
     assert "did you mean 'weight_decay'" in msg
-    assert 'betas, lr, weight_decay' in msg
+    assert 'betas, foreach, lr, weight_decay' in msg
 
 
 def _state_at(batch: int, max_duration: str = '10ba') -> State:
