@@ -39,6 +39,9 @@ class RunPlan:
     # amp_bf16 on CPU: Composer runs fp32 and the model runs its forward under torch.autocast
     # ('cpu', bfloat16) itself (fp32 weights, gradients and optimizer state, as amp_bf16 on a GPU).
     cpu_bf16_autocast: bool = False
+    # amp_fp8: Composer runs amp_bf16 and the blocks' Linear layers become torchao float8 linears
+    # with this recipe (foundry/fp8.py). None = no float8.
+    fp8_recipe: Optional[str] = None
 
 
 def plan_run(cfg: TrainConfig) -> RunPlan:
@@ -47,6 +50,14 @@ def plan_run(cfg: TrainConfig) -> RunPlan:
     device = 'gpu' if torch.cuda.is_available() else 'cpu'
     precision = cfg.precision
     cpu_bf16_autocast = False
+    fp8_recipe = None
+    if precision == 'amp_fp8':
+        from foundry.fp8 import DEFAULT_RECIPE, check_fp8_environment
+
+        check_fp8_environment()  # one-line ConfigError on a CPU, a pre-Ada GPU, or without a usable torchao
+        # Composer's amp_fp8 means TransformerEngine; torchao's float8 linears run inside bf16 autocast.
+        precision = 'amp_bf16'
+        fp8_recipe = cfg.fp8_config.recipe if cfg.fp8_config is not None else DEFAULT_RECIPE
     if device == 'cpu' and precision == 'amp_bf16':
         # Composer refuses AMP on CPU. bf16 autocast pays on CPUs with bf16 matmuls (AVX512-BF16/AMX):
         # launch/bench/cpu_step_bench.py measures it. Composer runs fp32; the model autocasts itself.
@@ -87,6 +98,7 @@ def plan_run(cfg: TrainConfig) -> RunPlan:
         device_eval_batch_size=cfg.device_eval_batch_size or device_batch,
         autoresume=autoresume,
         cpu_bf16_autocast=cpu_bf16_autocast,
+        fp8_recipe=fp8_recipe,
     )
 
 
@@ -125,6 +137,11 @@ def train(cfg: TrainConfig):
         materialize_meta_model(model, 'cuda' if plan.device == 'gpu' else 'cpu')
     if plan.cpu_bf16_autocast:
         model.cpu_autocast_dtype = torch.bfloat16
+    if plan.fp8_recipe is not None:
+        from foundry.fp8 import convert_to_fp8
+
+        converted = convert_to_fp8(model, plan.fp8_recipe)  # before FSDP, compile and the optimizer
+        log.info('amp_fp8: %d Linear layers run in float8 (torchao, %s scaling)', len(converted), plan.fp8_recipe)
     if cfg.compile_config is not None:
         from foundry.distributed.compile import apply_compile
 

@@ -61,6 +61,21 @@ class AlgorithmsConfig:
 
 
 @dataclass
+class FP8Config:
+    """`precision: amp_fp8` settings: torchao float8 training (foundry/fp8.py)."""
+
+    # rowwise: a scale per row (closest to bf16); tensorwise: one per tensor (fastest);
+    # rowwise_with_gw_hp: rowwise with the weight gradient in bf16.
+    recipe: Literal['rowwise', 'tensorwise', 'rowwise_with_gw_hp'] = 'rowwise'
+
+    # llm-foundry's fp8_config configures TransformerEngine, which foundry does not use.
+    UNSUPPORTED_KEYS = {k: 'a TransformerEngine setting; foundry runs amp_fp8 with torchao: set fp8_config.recipe '
+                           '(rowwise | tensorwise | rowwise_with_gw_hp)'
+                        for k in ('fp8_format', 'amax_history_len', 'amax_compute_algo', 'margin', 'interval',
+                                  'override_linear_precision')}
+
+
+@dataclass
 class TrainConfig:
     """Everything a run needs, decided and validated before any process group exists."""
 
@@ -86,6 +101,7 @@ class TrainConfig:
     device_eval_batch_size: Optional[int] = None
     device_train_microbatch_size: Union[int, Literal['auto']] = 'auto'
     precision: Literal['fp32', 'amp_bf16', 'amp_fp16', 'amp_fp8'] = 'amp_bf16'
+    fp8_config: Optional[FP8Config] = None  # amp_fp8 only
     fsdp_config: Optional[FSDPConfig] = None
     progress_bar: bool = False
     log_to_console: bool = True
@@ -125,6 +141,9 @@ class TrainConfig:
             raise ConfigError(f'`global_train_batch_size` must be positive, got {self.global_train_batch_size}')
         if isinstance(self.device_train_microbatch_size, int) and self.device_train_microbatch_size <= 0:
             raise ConfigError('`device_train_microbatch_size` must be positive or "auto"')
+        if self.fp8_config is not None and self.precision != 'amp_fp8':
+            raise ConfigError(f'`fp8_config` applies to `precision: amp_fp8` only; this config has precision '
+                              f'{self.precision!r}: remove fp8_config or set precision: amp_fp8')
         if self.compile_config is not None:
             from foundry.distributed.compile import check_compile_config
 
