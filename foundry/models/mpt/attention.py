@@ -268,7 +268,7 @@ def flex_trains_on_cpu() -> bool:
     """Whether this torch's flex_attention computes gradients on CPU (2.7 does, eagerly; 2.11 refuses)."""
     from torch.nn.attention.flex_attention import flex_attention
 
-    q = torch.zeros(1, 1, 4, 8, requires_grad=True)
+    q = torch.zeros(1, 1, 4, 8, device="cpu", requires_grad=True)
     try:
         with torch.enable_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # flex's "called without torch.compile" notice
