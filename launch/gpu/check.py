@@ -54,6 +54,7 @@ DEFAULT_WORK = os.path.join('/tmp', 'foundry-gpu-check')
 
 # launch/bench/gpu_bench.py on one H200 (README, Speed): pure-torch loop, flex + compile, same batch.
 BENCH_H200 = {'mpt-125m': (341_108, 0.334), 'mpt-1b': (55_115, 0.506)}
+DEVICE_NAME = ''  # torch.cuda.get_device_name(), once the imports step has run
 
 
 @dataclass
@@ -399,6 +400,15 @@ def speed_figures(metrics: dict[int, dict[str, Any]], run: ModelRun, window: int
     }
 
 
+def deterministic_env(profile: Profile) -> dict[str, str]:
+    """For the runs the resume step compares: the per-batch data fingerprint (data/token_sum), and on a GPU
+    cuBLAS workspaces that make its results independent of stream scheduling (not set for the speed runs)."""
+    env = {'FOUNDRY_DATA_FINGERPRINT': '1'}
+    if profile.device == 'gpu':
+        env['CUBLAS_WORKSPACE_CONFIG'] = os.environ.get('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
+    return env
+
+
 def train_run(report: Report, profile: Profile, run: ModelRun, data: dict[str, Any], composer: str,
               env: dict[str, str], work: str, deadline: float, label: str, reference: bool) -> dict[str, Any]:
     """One launch to the end. `reference`: as the resume step's runs are (sharded checkpoints every
@@ -410,9 +420,7 @@ def train_run(report: Report, profile: Profile, run: ModelRun, data: dict[str, A
     log = os.path.join(report.out, 'logs', f'{label}.log')
     report.say(f'{label}: composer -n 1 launch/train.py {run.yaml} ({run.batches} batches of {run.batch} x '
                f'{profile.seq}{", checkpoints every %d" % profile.save_interval if reference else ""}; log {log})')
-    run_env = dict(env)
-    if reference:
-        run_env['FOUNDRY_DATA_FINGERPRINT'] = '1'
+    run_env = {**env, **(deterministic_env(profile) if reference else {})}
     job = Launch(composer, run.yaml, overrides, log, run_env)
     rc = job.wait(min(profile.run_timeout_s, deadline - time.time()))
     if rc != 0:
@@ -436,7 +444,7 @@ def describe_speed(name: str, run: ModelRun, profile: Profile, f: dict[str, Any]
     if f.get('peak_allocated_gb'):
         text += f'; peak memory {f["peak_allocated_gb"]:.1f} GB'
     text += f'; {f["seconds"]:.0f}s launch to exit'
-    if profile.device == 'gpu' and name in BENCH_H200:
+    if 'H200' in DEVICE_NAME and name in BENCH_H200:
         tps, mfu_b = BENCH_H200[name]
         text += f' [H200 gpu_bench.py, pure-torch loop: {tps:,} tokens/s, {mfu_b * 100:.1f}%]'
     return text
@@ -452,7 +460,7 @@ def resume_check(report: Report, profile: Profile, run: ModelRun, data: dict[str
     shutil.rmtree(run_folder, ignore_errors=True)
     overrides = run_overrides(profile, run, data, run_folder, save_folder, f'check-{run.name}-resume', evaluate=True)
     log = os.path.join(report.out, 'logs', f'{run.name}-resume.log')
-    env = {**env, 'FOUNDRY_DATA_FINGERPRINT': '1'}
+    env = {**env, **deterministic_env(profile)}
     metrics_path = os.path.join(run_folder, 'metrics.jsonl')
     marker = os.path.join(work, 'hanging-in-save')
     if os.path.exists(marker):
@@ -574,6 +582,8 @@ for stream in STREAMS:
         ids = ids + ids
     rows.append(ids[:n_tokens])
 ids = torch.tensor(rows, device=device)
+torch.backends.cuda.matmul.allow_tf32 = False  # fp32 on both sides, whatever imported modules set
+torch.backends.cudnn.allow_tf32 = False
 
 config = MPTConfig.from_pretrained(find_run_meta(checkpoint))
 config.init_device = 'cpu'
@@ -676,8 +686,6 @@ def main(argv: Optional[list[str]] = None) -> int:
     env = {**os.environ, 'PYTHONUNBUFFERED': '1', 'TOKENIZERS_PARALLELISM': 'false'}
     for name in ('FOUNDRY_FAULT', 'FOUNDRY_FAULT_MARKER', 'FOUNDRY_DATA_FINGERPRINT'):
         env.pop(name, None)
-    if profile.device == 'gpu':
-        env.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')  # cuBLAS deterministic across streams
     summary: dict[str, Any] = {'mode': 'cpu-smoke' if args.cpu_smoke else 'gpu', 'out': out, 'work': work}
     failed = None
     ctx: dict[str, Any] = {}
@@ -757,6 +765,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                 lambda r: ', '.join(f'{k} {v}' for k, v in r['versions'].items())):
         return finish(report, summary, failed)
     summary['versions'] = ctx['imports']['versions']
+    global DEVICE_NAME
+    DEVICE_NAME = summary['versions'].get('device') or ''
 
     # (b) data
     data_root = os.path.join(work, 'data')
