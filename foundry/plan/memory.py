@@ -34,13 +34,31 @@ output sbh, LN2 input sbh, LN2 output sbh, up_proj output sbf, GELU output sbf:
 (+ sbh + s b kv_dim for q_ln/k_ln inputs; + 2 s b kv_dim under grouped-query attention, K and V
 before repetition). tests/plan measures what autograd saves for a small MPT on CPU and matches
 this within 2%. The largest micro-batch it predicts for 1b-13b on 8 H100s lands on or just above
-the micro-batches of llm-foundry's published H100 benchmark runs (tests/plan). With activation checkpointing each block keeps only its
-input, a*sbh, and one block at a time is recomputed. Both cases add one layer's worth as backward
-workspace (activation gradients in flight). Around the blocks: the final norm's input and output
-(2a sbh), the logits at the start of backward, b s vocab x (a kept in the model outputs + 4 for the
-fp32 log-softmax cross-entropy saves + 8 for its fp32 gradient buffers), and the additive attention
-bias (ALiBi/causal) built once per forward: (b if attn_uses_sequence_id else 1) x (heads if ALiBi
-else 1) x s^2 x a.
+the micro-batches of llm-foundry's published H100 benchmark runs (tests/plan).
+
+Activation checkpointing is counted per block: a checkpointed block keeps only its input, a*sbh, and
+one block at a time is recomputed in backward (one layer's activations). `fsdp_config.
+activation_checkpointing` checkpoints every block; the model's own `ac_every_n_blocks: n` blocks 0,
+n, 2n, ... (and turns FSDP's off), the others keep everything. Both cases add one layer's worth as
+backward workspace (activation gradients in flight).
+
+Around the blocks: the final norm's input and output (2a sbh), and the loss. With
+`torch_crossentropy` the logits exist whole at the start of backward, b s vocab x (a kept in the model
+outputs + 4 for the fp32 log-softmax cross-entropy saves + 8 for its fp32 gradient buffers). With the
+chunked loss (foundry's default, foundry/models/mpt/loss.py) no full logits exist: it keeps the
+gradient for the hidden states (a sbh) and an fp32 gradient for the output embedding (4 vocab d),
+and while it runs one chunk of c = min(b s, 2^27 / vocab) tokens: fp32 logits and their cast
+(c vocab (4 + a)), the embedding cast to the compute dtype when the weights are not already in it
+(a vocab d) and the chunk's embedding-gradient matmul before its fp32 accumulation (vocab d (a + 4);
+none in fp32, where it accumulates in place). Attention: only `attn_impl: torch` builds an additive
+bias (ALiBi/causal), once per forward: (b if attn_uses_sequence_id else 1) x (heads if ALiBi else 1)
+x s^2 x a; flex and flash take ALiBi inside the kernel.
+
+amp_fp8 (torchao float8 linears, foundry/fp8.py): the matmuls run in float8 but each Float8Linear
+saves its bf16 input and weight for backward (it re-scales them along the other axis for the weight
+gradient), so stored activations are the bf16 ones above; the float8 casts are transient, one Linear
+at a time: its input, output gradient and weight in 1 byte, twice for the rowwise recipes' transposed
+casts, added to the backward workspace.
 """
 
 from __future__ import annotations
@@ -81,6 +99,7 @@ class Parallelism:
     reduce_bytes: int  # dtype of gradient reduction
     act_bytes: int  # dtype of activations
     precision_note: str
+    fp8: bool = False  # amp_fp8: float8 matmuls in the blocks' Linear layers
 
 
 def parallelism(cfg: TrainConfig, gpus: int, gpus_per_node: int) -> Parallelism:
@@ -88,12 +107,14 @@ def parallelism(cfg: TrainConfig, gpus: int, gpus_per_node: int) -> Parallelism:
 
     amp = cfg.precision != 'fp32'
     act = 2 if amp else 4
+    fp8 = cfg.precision == 'amp_fp8'
+    fp8_note = '; amp_fp8: float8 matmuls in the blocks\' Linears (torchao), bf16 elsewhere' if fp8 else ''
     fsdp: Optional[FSDPConfig] = cfg.fsdp_config
     if fsdp is None:
         note = ('no fsdp_config: DDP, a full fp32 replica per GPU' +
                 (f' with {cfg.precision} autocast (bf16 copies of the weights cached per step)' if amp else ''))
         return Parallelism('DDP' if gpus > 1 else 'single GPU', 1, gpus, False, False,
-                           2 if amp else 4, 4, act, note)
+                           2 if amp else 4, 4, act, note + fp8_note, fp8)
     shape = mesh_shape(fsdp, gpus, min(gpus_per_node, gpus))
     mp = fsdp.mixed_precision if amp else 'FULL'
     compute = 4 if mp == 'FULL' else 2
@@ -105,7 +126,7 @@ def parallelism(cfg: TrainConfig, gpus: int, gpus_per_node: int) -> Parallelism:
     note = (f'FSDP2 mixed_precision {mp}: fp32 sharded params (the master weights), '
             f'{"bf16" if compute == 2 else "fp32"} all-gathered compute copy, '
             f'{"bf16" if reduce == 2 else "fp32"} gradient reduce-scatter, fp32 gradient shards')
-    return Parallelism(strategy, shape.shard, shape.replicate, True, zero2, compute, reduce, act, note)
+    return Parallelism(strategy, shape.shard, shape.replicate, True, zero2, compute, reduce, act, note + fp8_note, fp8)
 
 
 @dataclass(frozen=True)
@@ -136,24 +157,65 @@ def layer_activation_bytes(m: ModelShape, b: int, act_bytes: int) -> float:
     return nbytes
 
 
-def activations(m: ModelShape, b: int, act_bytes: int, checkpointing: bool) -> Activations:
+def checkpointed_blocks(m: ModelShape, checkpointing: bool) -> int:
+    """Blocks recomputed in backward: the model's own ac_every_n_blocks, else all of them when
+    `checkpointing` (fsdp_config.activation_checkpointing, or the planner's flipped column)."""
+    if m.own_checkpointed_blocks:
+        return m.own_checkpointed_blocks if checkpointing else 0
+    return m.n_layers if checkpointing else 0
+
+
+def fp8_cast_bytes(m: ModelShape, b: int) -> float:
+    """Float8 casts of the largest block Linear in flight: input, output gradient and weight in 1 byte,
+    twice for the rowwise recipes' transposed copies (see the module docstring)."""
+    s, h = m.seq_len, m.d_model
+    shapes = [(h, h + 2 * m.kv_dim), (h, h), (h, m.ffn_hidden_size), (m.ffn_hidden_size, h)]
+    return 2 * max(s * b * n_in + s * b * n_out + n_in * n_out for n_in, n_out in shapes)
+
+
+def head_bytes(m: ModelShape, b: int, act_bytes: int, weight_bytes: int) -> float:
+    """Final norm and loss (see the module docstring); `weight_bytes`: dtype the embedding is read in."""
+    s, v, h = m.seq_len, m.vocab_size, m.d_model
+    norm = 2 * s * b * h * act_bytes
+    if not m.chunked_loss:
+        return norm + b * s * v * (act_bytes + 4 + 8)
+    from foundry.models.mpt.loss import CHUNK_ELEMENTS, GPU_CHUNK_ELEMENTS
+
+    chunk = min(b * s, max(1, (CHUNK_ELEMENTS or GPU_CHUNK_ELEMENTS) // v))
+    kept = chunked_loss_saved_bytes(m, b, act_bytes)
+    cast_weight = v * h * act_bytes if weight_bytes != act_bytes else 0
+    chunk_logits = chunk * v * (4 + (act_bytes if act_bytes != 4 else 0))
+    grad_w_matmul = v * h * (act_bytes + 4) if act_bytes != 4 else 0
+    return norm + kept + cast_weight + chunk_logits + grad_w_matmul
+
+
+def chunked_loss_saved_bytes(m: ModelShape, b: int, act_bytes: int) -> float:
+    """What the chunked loss keeps for backward: the gradients it made in forward, for the hidden
+    states (their dtype) and for the output embedding (fp32)."""
+    return m.seq_len * b * m.d_model * act_bytes + 4 * m.vocab_size * m.d_model
+
+
+def activations(m: ModelShape, b: int, act_bytes: int, checkpointing: bool, *, fp8: bool = False,
+                weight_bytes: Optional[int] = None) -> Activations:
     s = m.seq_len
     sbh = s * b * m.d_model
     layer = layer_activation_bytes(m, b, act_bytes)
-    if checkpointing:
-        blocks, recompute = m.n_layers * sbh * act_bytes, layer
-    else:
-        blocks, recompute = m.n_layers * layer, 0.0
-    logits_bytes = act_bytes + 4 + 8
-    head = 2 * sbh * act_bytes + b * s * m.vocab_size * logits_bytes
-    bias = (b if m.attn_uses_sequence_id else 1) * (m.n_heads if m.alibi else 1) * s * s * act_bytes
-    return Activations(blocks, recompute, layer, head, bias)
+    k = checkpointed_blocks(m, checkpointing)
+    blocks = k * sbh * act_bytes + (m.n_layers - k) * layer
+    recompute = layer if k else 0.0
+    workspace = layer + (fp8_cast_bytes(m, b) if fp8 else 0.0)
+    head = head_bytes(m, b, act_bytes, act_bytes if weight_bytes is None else weight_bytes)
+    bias = 0.0
+    if m.attn_impl == 'torch':
+        bias = (b if m.attn_uses_sequence_id else 1) * (m.n_heads if m.alibi else 1) * s * s * act_bytes
+    return Activations(blocks, recompute, workspace, head, bias)
 
 
 @dataclass(frozen=True)
 class Memory:
     micro_batch: int
     checkpointing: bool
+    checkpointed_blocks: int
     weights: float
     gradients: float
     optimizer: float
@@ -211,11 +273,13 @@ def memory(m: ModelShape, par: Parallelism, gpu: GPU, optimizer_state_count: int
     return Memory(
         micro_batch=micro_batch,
         checkpointing=checkpointing,
+        checkpointed_blocks=checkpointed_blocks(m, checkpointing),
         weights=4 * p / shard,
         gradients=4 * p / shard,
         optimizer=4 * optimizer_state_count * p / shard,
         gathered=gathered_bytes(m, par),
-        activations=activations(m, micro_batch, par.act_bytes, checkpointing),
+        activations=activations(m, micro_batch, par.act_bytes, checkpointing, fp8=par.fp8,
+                                weight_bytes=par.compute_bytes),
         reserved=assumptions.reserved_gib * 1024 ** 3,
         capacity=gpu.memory_bytes,
         fit_fraction=assumptions.fit_fraction,

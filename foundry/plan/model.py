@@ -34,6 +34,16 @@ class ModelShape:
     learned_pos_emb: bool
     tie_word_embeddings: bool
     dropout: bool  # any residual dropout: a 1-byte mask per dropped tensor is kept for backward
+    # Fields the memory model reads beyond the parameter layout (defaults: foundry's defaults).
+    attn_impl: str = 'torch'  # only 'torch' (SDPA) materialises an additive ALiBi/causal bias
+    chunked_loss: bool = True  # loss_fn chunked_crossentropy / fused_crossentropy: no full-vocab logits
+    ac_every_n_blocks: int = 0  # the model's own activation checkpointing (every n-th block; 0 = off)
+
+    @property
+    def own_checkpointed_blocks(self) -> int:
+        """Blocks the model itself recomputes (foundry/models/mpt: blocks 0, n, 2n, ...)."""
+        n = self.ac_every_n_blocks
+        return len(range(0, self.n_layers, n)) if n else 0
 
     @property
     def head_dim(self) -> int:
@@ -89,6 +99,7 @@ def train_seq_len(cfg: TrainConfig, model_max_seq_len: int) -> int:
 def model_shape(cfg: TrainConfig) -> ModelShape:
     """The ModelShape of `cfg.model`, with MPTConfig's validation and defaults."""
     from foundry.models.mpt.configuration import MPTConfig
+    from foundry.models.mpt.loss import DEFAULT_LOSS_FN
 
     args = {k: v for k, v in cfg.model.items() if k not in _NOT_MODEL_ARGS}
     args['init_device'] = 'meta'
@@ -114,4 +125,7 @@ def model_shape(cfg: TrainConfig) -> ModelShape:
         learned_pos_emb=bool(c.learned_pos_emb),
         tie_word_embeddings=bool(c.tie_word_embeddings),
         dropout=bool(c.resid_pdrop),
+        attn_impl=str(a.get('attn_impl') or 'torch'),
+        chunked_loss=cfg.model.get('loss_fn', DEFAULT_LOSS_FN) != 'torch_crossentropy',
+        ac_every_n_blocks=int(getattr(c, 'ac_every_n_blocks', 0) or 0),
     )

@@ -32,7 +32,7 @@ class Plan:
     per_device_batch: float
     micro_batch: int  # the micro-batch the memory table is shown for
     micro_batch_source: str
-    checkpointing_activations: bool  # fsdp_config.activation_checkpointing
+    checkpointing_activations: bool  # fsdp_config.activation_checkpointing or model.ac_every_n_blocks
     memory: Memory  # at micro_batch, as configured
     memory_other: Memory  # at micro_batch, with activation checkpointing flipped
     max_micro_batch: int  # as configured
@@ -88,7 +88,7 @@ def plan(cfg: TrainConfig, gpus: int, gpu: str, mfu: Optional[float] = None, *, 
     if cfg.global_train_batch_size % gpus:
         notes.append(f'global_train_batch_size {cfg.global_train_batch_size} is not divisible by {gpus} GPUs; '
                      f'Composer needs a whole per-device batch')
-    ac = bool(cfg.fsdp_config and cfg.fsdp_config.activation_checkpointing)
+    ac = bool(cfg.fsdp_config and cfg.fsdp_config.activation_checkpointing) or m.own_checkpointed_blocks > 0
     max_mb = largest_micro_batch(m, par, device, n_states, ac, assumptions)
     max_mb_other = largest_micro_batch(m, par, device, n_states, not ac, assumptions)
     if micro_batch is not None:
@@ -130,7 +130,8 @@ def plan(cfg: TrainConfig, gpus: int, gpu: str, mfu: Optional[float] = None, *, 
     if m.seq_len > m.max_seq_len:
         notes.append(f'training sequence length {m.seq_len} exceeds model.max_seq_len {m.max_seq_len}')
     if cfg.precision == 'amp_fp8':
-        notes.append('amp_fp8: memory and FLOPs are estimated as bf16')
+        notes.append('amp_fp8: activations are bf16-sized (torchao saves bf16 inputs for backward) plus one '
+                     "Linear's float8 casts; throughput is estimated at the bf16 MFU")
 
     return Plan(
         model=m, gpu=device, gpus=gpus, gpus_per_node=gpus_per_node, nodes=nodes, parallelism=par,

@@ -81,7 +81,8 @@ def format_plan(p: Plan, source: str = '') -> str:
     add(f'  batch        global {p.global_batch} x {m.seq_len} = {p.tokens_per_batch:,} tokens; '
         f'{p.per_device_batch:g} per GPU; micro-batch {p.micro_batch} ({p.micro_batch_source})')
     add('')
-    on_label = 'act. ckpt ON' + (' *' if p.checkpointing_activations else '')
+    k, n = p.memory.checkpointed_blocks if p.checkpointing_activations else p.memory_other.checkpointed_blocks, m.n_layers
+    on_label = ('act. ckpt ON' if k == n else f'act. ckpt {k}/{n} blocks') + (' *' if p.checkpointing_activations else '')
     off_label = 'act. ckpt OFF' + ('' if p.checkpointing_activations else ' *')
     width, col = 46, 20
     head = f'memory per GPU (GiB) at micro-batch {p.micro_batch}'
