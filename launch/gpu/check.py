@@ -738,8 +738,10 @@ def main(argv: Optional[list[str]] = None) -> int:
             return result
 
         def describe_install(r):
+            stale = (f'; WARNING: the foundry wheel predates edits to {len(r["stale_foundry_files"])} files of the '
+                     f'working tree' if r['stale_foundry_files'] else '')
             return (f'{r["wheels"]} wheels: {len(r["installed"])} installed into {r["site"]}, {len(r["kept"])} already '
-                    f'on the machine and kept')
+                    f'on the machine and kept{stale}')
 
         if not step('install', do_install, describe_install):
             return finish(report, summary, failed)
