@@ -7,10 +7,11 @@ with the same scalars, once per list: on a GPU the kernels cover many parameters
 are stepped through their local shards with no DTensor dispatch at all.
 
 Same math, same rounding: every operation is the one `update_fn` does, elementwise with the same
-Python scalars, so on CPU (where `_foreach_*` runs the per-tensor kernels) results are bit-identical
-(tests/optim/test_lion_foreach.py). CUDA's fused foreach kernels compute in the same opmath type
-(fp32 for bf16/fp32); any difference there would be the compiler contracting a*b+c into one FMA in
-one kernel and not the other: within 1 ulp of the parameter per step.
+Python scalars, and on CPU the results are bit-identical for fp32 and bf16 parameters
+(tests/optim/test_lion_foreach.py; one CPU quirk is worked around in `_mul_`). CUDA's fused foreach
+kernels compute in the same opmath type (fp32 for bf16/fp32); a difference there would come from
+the compiler contracting a*b+c into one FMA in one kernel and not the other, about 1 ulp of the
+parameter per step (launch/bench/lion_bench.py reports it on the device).
 
 DTensors: every operation is pointwise, so when a parameter, its gradient and its momentum share
 mesh and placements, and none is Partial (a pending reduction), stepping the local shards is
