@@ -244,25 +244,82 @@ def import_check(env: dict[str, str]) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------- (b) data
-def build_data(report: Report, profile: Profile, data_root: str, env: dict[str, str]) -> dict[str, Any]:
-    code = ('import json, sys\nfrom foundry.data.demo_corpus import build_demo_data\n'
-            f'd = build_demo_data({data_root!r}, seq_len={profile.seq}, max_bytes_per_stream={profile.corpus_bytes}, '
-            f'vocab_size={profile.vocab})\n'
-            'print("DATA " + json.dumps({"tokenizer": d.tokenizer, "streams": d.streams}))\n')
+PREPARE = r'''
+import json, sys, time
+job = json.load(sys.stdin)
+from foundry.data.demo_corpus import build_demo_data
+started = time.time()
+d = build_demo_data(job['data_root'], seq_len=job['seq'], max_bytes_per_stream=job['corpus_bytes'],
+                    vocab_size=job['vocab'])
+print('DATA ' + json.dumps({'tokenizer': d.tokenizer, 'streams': d.streams, 'seconds': time.time() - started}),
+      flush=True)
+started = time.time()
+from foundry.config.load import load_config
+for label, yaml, overrides in job['configs']:
+    try:
+        load_config(yaml, overrides)
+    except Exception as e:
+        print('CONFIG_ERROR ' + json.dumps({'label': label, 'error': f'{type(e).__name__}: {e}'}), flush=True)
+        sys.exit(3)
+print('CONFIGS ' + json.dumps({'seconds': time.time() - started}), flush=True)
+'''
+
+
+def planned_data(data_root: str) -> dict[str, Any]:
+    """Where foundry.data.demo_corpus.build_demo_data puts the tokenizer and the MDS splits."""
+    return {'tokenizer': os.path.join(data_root, 'tokenizer.json'), 'out_root': data_root,
+            'streams': {s: {split: os.path.join(data_root, s, split) for split in ('train', 'val')}
+                        for s in ('english', 'code')}}
+
+
+def all_command_lines(profile: Profile, data: dict[str, Any], out: str, work: str) -> list[tuple[str, str, list[str]]]:
+    """(label, YAML, overrides) of every run of this mode and, in --cpu-smoke mode, of the GPU check too."""
+    runs = []
+    for prof in ([profile] if profile.device == 'gpu' else [profile, gpu_profile()]):
+        for run in prof.models:
+            runs.append((f'{prof.device} {run.name}', os.path.join(REPO, run.yaml),
+                         run_overrides(prof, run, data, os.path.join(out, 'runs', run.name), None,
+                                       f'check-{run.name}', evaluate=not prof.separate_reference)))
+        first = prof.models[0]
+        runs.append((f'{prof.device} {first.name} with checkpoints', os.path.join(REPO, first.yaml),
+                     run_overrides(prof, first, data, os.path.join(out, 'runs', first.name),
+                                   os.path.join(work, 'checkpoints', first.name), f'check-{first.name}',
+                                   evaluate=True)))
+    return runs
+
+
+def prepare(report: Report, profile: Profile, data_root: str, work: str, env: dict[str, str]) -> dict[str, Any]:
+    """(b) Build the MDS data (foundry.data.demo_corpus), then validate with foundry's load_config (every key,
+    type and registry name) the command line of every run before any launch: in --cpu-smoke mode that is
+    the only check the GPU command lines (seq 2048, flex, compile, full-size models) get. One process."""
+    data = planned_data(data_root)
+    configs = all_command_lines(profile, data, report.out, work)
+    job = {'data_root': data_root, 'seq': profile.seq, 'corpus_bytes': profile.corpus_bytes, 'vocab': profile.vocab,
+           'configs': configs}
     log = os.path.join(report.out, 'logs', 'data.log')
-    proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=env, cwd=REPO)
+    proc = subprocess.run([sys.executable, '-c', PREPARE], input=json.dumps(job), capture_output=True, text=True,
+                          env=env, cwd=REPO)
     with open(log, 'w') as f:
         f.write(proc.stdout + proc.stderr)
-    if proc.returncode != 0:
+    lines = {line.split(' ', 1)[0]: json.loads(line.split(' ', 1)[1]) for line in proc.stdout.splitlines()
+             if line.split(' ', 1)[0] in ('DATA', 'CONFIGS', 'CONFIG_ERROR')}
+    if 'DATA' not in lines:
         raise StepFailed(f'building the MDS data failed; see {log}:\n' + proc.stderr.strip()[-2000:])
-    info = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith('DATA '))[5:])
+    built = lines['DATA']
+    if built['tokenizer'] != data['tokenizer'] or built['streams'] != data['streams']:
+        raise StepFailed(f'build_demo_data put its output elsewhere than this script expects: {built}')
     samples = {}
-    for stream, splits in info['streams'].items():
+    for stream, splits in data['streams'].items():
         for split, folder in splits.items():
             with open(os.path.join(folder, 'index.json')) as f:
-                samples[f'{stream}/{split}'] = sum(s['samples'] for s in json.load(f)['shards'])
-    info['samples'] = samples
-    return info
+                samples[f'{stream}/{split}'] = sum(shard['samples'] for shard in json.load(f)['shards'])
+    data.update(samples=samples, seconds=built['seconds'])
+    if 'CONFIGS' in lines:
+        data['configs'] = {'validated': [label for label, _, _ in configs], 'seconds': lines['CONFIGS']['seconds']}
+    else:
+        error = lines.get('CONFIG_ERROR') or {'label': '?', 'error': proc.stderr.strip()[-2000:]}
+        data['configs'] = {'error': f'the {error["label"]} command line does not validate: {error["error"]}'}
+    return data
 
 
 # ------------------------------------------------------------------------------------------- runs
@@ -294,21 +351,35 @@ class Launch:
         self.cmd = [composer, '-n', '1', os.path.join(REPO, 'launch', 'train.py'), os.path.join(REPO, yaml), *overrides]
         self.log_path = log
         self._log = open(log, 'a')
+        self._start_offset = self._log.tell()
         self._log.write('$ ' + ' '.join(self.cmd) + '\n')
         self._log.flush()
         self.started = time.time()
         self.proc = subprocess.Popen(self.cmd, stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO, env=env,
                                      start_new_session=True)
 
-    def wait(self, timeout: float) -> int:
-        try:
-            rc = self.proc.wait(timeout=max(1.0, timeout))
-        except subprocess.TimeoutExpired:
-            self.kill()
-            raise StepFailed(f'{os.path.basename(self.log_path)}: no exit after {timeout:.0f}s (killed); '
-                             f'log tail:\n{self.tail()}')
-        self._log.close()
-        return rc
+    # Lines after which the run is over even if a process lingers (a rank that reported a user error but
+    # does not exit keeps the launcher waiting): the run gets a grace period, then it is killed.
+    FATAL = ('foundry: config error', 'foundry: data error', 'crashed with exit code')
+
+    def wait(self, timeout: float, grace: float = 15.0) -> int:
+        deadline = time.time() + max(1.0, timeout)
+        fatal_at = None
+        while True:
+            rc = self.proc.poll()
+            if rc is not None:
+                self._log.close()
+                return rc
+            if fatal_at is None and any(line in self.tail(20000) for line in self.FATAL):
+                fatal_at = time.time()
+            if fatal_at is not None and time.time() - fatal_at > grace:
+                self.kill()
+                return 1
+            if time.time() > deadline:
+                self.kill()
+                raise StepFailed(f'{os.path.basename(self.log_path)}: no exit after {timeout:.0f}s (killed); '
+                                 f'log tail:\n{self.tail()}')
+            time.sleep(0.5)
 
     def kill(self) -> None:
         """SIGKILL the launcher and its training process (one process group), as a preemption would."""
@@ -320,8 +391,10 @@ class Launch:
         self._log.close()
 
     def tail(self, chars: int = 3000) -> str:
-        with open(self.log_path, errors='replace') as f:
-            return f.read()[-chars:]
+        """The end of this launch's part of the log (the log file may hold earlier launches before it)."""
+        with open(self.log_path, 'rb') as f:
+            f.seek(max(self._start_offset, os.path.getsize(self.log_path) - chars))
+            return f.read().decode(errors='replace')
 
     @property
     def seconds(self) -> float:
@@ -495,8 +568,8 @@ def resume_check(report: Report, profile: Profile, run: ModelRun, data: dict[str
     rc = second.wait(min(profile.run_timeout_s, deadline - time.time()))
     if rc != 0:
         raise StepFailed(f'resume: the restarted run exited with {rc}; log tail:\n{second.tail()}')
-    text = second.tail(10**7)
-    match = re.search(r'autoresume: on; resuming from (\S+) \(batch (\d+)\)', text.split('$ ')[-1])
+    text = second.tail(10**9)  # the restarted run's part of the log
+    match = re.search(r'autoresume: on; resuming from (\S+) \(batch (\d+)\)', text)
     if not match:
         raise StepFailed('resume: the restarted run did not log "autoresume: on; resuming from ..."; log tail:\n'
                          + second.tail())
@@ -773,13 +846,18 @@ def main(argv: Optional[list[str]] = None) -> int:
     # (b) data
     data_root = os.path.join(work, 'data')
 
-    def do_data():
-        info = build_data(report, profile, data_root, env)
-        info['out_root'] = data_root
-        return info
+    step('data', lambda: prepare(report, profile, data_root, work, env), lambda r: (
+        f'english + code MDS, {profile.vocab}-token BPE, samples of {profile.seq} tokens: '
+        + ', '.join(f'{k} {v}' for k, v in r['samples'].items()) + f'; under {data_root}'))
 
-    step('data', do_data, lambda r: (f'english + code MDS, {profile.vocab}-token BPE, samples of {profile.seq} tokens: '
-                                    + ', '.join(f'{k} {v}' for k, v in r['samples'].items()) + f'; under {data_root}'))
+    def do_configs():
+        result = ctx['data']['configs']
+        if 'error' in result:
+            raise StepFailed(result['error'])
+        return result
+
+    step('configs', do_configs, lambda r: (f'{len(r["validated"])} command lines validated by foundry\'s load_config: '
+                                          + ', '.join(r['validated'])))
     composer = None
     if failed is None:
         try:

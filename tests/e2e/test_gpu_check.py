@@ -32,7 +32,7 @@ def test_cpu_smoke_runs_every_step_of_the_gpu_check(tmp_path):
 
     summary = json.loads((out / 'summary.json').read_text())
     assert summary['passed'] and summary['failed_step'] is None
-    assert [name for name in summary['steps']] == ['imports', 'data', 'mpt-125m', 'mpt-1b', 'resume', 'export']
+    assert list(summary['steps']) == ['imports', 'data', 'configs', 'mpt-125m', 'mpt-1b', 'resume', 'export']
     for model in ('mpt-125m', 'mpt-1b'):
         figures = summary[model]
         assert figures['tokens_per_s'] > 0 and figures['mfu'] > 0, figures  # MFU over the measured CPU peak
