@@ -347,6 +347,8 @@ def foundry_command(site: Optional[str]) -> list[str]:
 class Launch:
     """`composer -n 1 launch/train.py YAML overrides` in its own process group, output to a log file."""
 
+    live: set['Launch'] = set()  # killed if this script is interrupted or ends while they run
+
     def __init__(self, composer: str, yaml: str, overrides: list[str], log: str, env: dict[str, str]):
         self.cmd = [composer, '-n', '1', os.path.join(REPO, 'launch', 'train.py'), os.path.join(REPO, yaml), *overrides]
         self.log_path = log
@@ -357,6 +359,7 @@ class Launch:
         self.started = time.time()
         self.proc = subprocess.Popen(self.cmd, stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO, env=env,
                                      start_new_session=True)
+        Launch.live.add(self)
 
     # Lines after which the run is over even if a process lingers (a rank that reported a user error but
     # does not exit keeps the launcher waiting): the run gets a grace period, then it is killed.
@@ -369,6 +372,7 @@ class Launch:
             rc = self.proc.poll()
             if rc is not None:
                 self._log.close()
+                Launch.live.discard(self)
                 return rc
             if fatal_at is None and any(line in self.tail(20000) for line in self.FATAL):
                 fatal_at = time.time()
@@ -389,6 +393,12 @@ class Launch:
             pass
         self.proc.wait()
         self._log.close()
+        Launch.live.discard(self)
+
+    @classmethod
+    def kill_all(cls) -> None:
+        for job in list(cls.live):
+            job.kill()
 
     def tail(self, chars: int = 3000) -> str:
         """The end of this launch's part of the log (the log file may hold earlier launches before it)."""
@@ -558,7 +568,8 @@ def resume_check(report: Report, profile: Profile, run: ModelRun, data: dict[str
     before_kill = losses(read_metrics(metrics_path))
     partial = os.path.join(save_folder, f'ep0-ba{hang_at}')
     partial_files = sorted(os.listdir(partial)) if os.path.isdir(partial) else []
-    report.say(f'resume: killed after {killed_seconds:.0f}s with batches 0-{max(before_kill)} logged; {partial}: '
+    logged = f'batches 0-{max(before_kill)}' if before_kill else 'no batch yet (metrics lines are written in groups)'
+    report.say(f'resume: killed after {killed_seconds:.0f}s with {logged} in metrics.jsonl; {partial}: '
                f'{partial_files} (no .metadata)')
     if '.metadata' in partial_files:
         raise StepFailed(f'resume: {partial} has .metadata although its save hung')
@@ -902,7 +913,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         return result
 
     def describe_resume(r):
-        pre = 'exact' if r['pre_kill_exact'] else f'max {r["pre_kill_max_abs_diff"]:.3g}'
+        pre = ('exact' if r['pre_kill_exact'] else 'not logged' if r['pre_kill_max_abs_diff'] is None
+               else f'max {r["pre_kill_max_abs_diff"]:.3g}')
         how = ('bit-identical' if r['exact'] else
                f'within {r["tolerance"]:g} (max |diff| {r["max_abs_diff"]:.3g}; before the kill: {pre})')
         return (f'SIGKILLed inside the batch-{r["killed_in_save_of_batch"]} save, resumed from '
@@ -952,5 +964,14 @@ def finish(report: Report, summary: dict[str, Any], failed: Optional[str]) -> in
     return 0 if failed is None else 1
 
 
+def _main() -> int:
+    # Ctrl-C or SIGTERM: the training runs are in process groups of their own, so take them down too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        return main()
+    finally:
+        Launch.kill_all()
+
+
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(_main())
