@@ -6,15 +6,18 @@ On a machine with one CUDA GPU, Python 3.12, torch and transformers preinstalled
                --target .gpu-site`, skipping every distribution the machine already has (its torch,
                transformers, numpy are never replaced), then import Composer, streaming and foundry;
   (b) data     build a real MDS dataset here (foundry.data.demo_corpus: English docstrings and Python
-               code of this Python's standard library, its own byte-level BPE, samples of 2048 tokens);
+               code of this Python's standard library, its own byte-level BPE, samples of 2048 tokens),
+               then validate every run's command line with foundry's load_config before any launch;
   (c) speed    `composer -n 1 launch/train.py yamls/pretrain/mpt-125m.yaml ...` and then mpt-1b.yaml,
                overrides only: amp_bf16, FSDP2, attn_impl flex, compile_config {} (torch.compile of
-               every block), the local MDS streams and tokenizer, a modest batch and 30-40 batches;
-               tokens/s and MFU are the median over the batches after warm-up in each run's
-               metrics.jsonl (throughput_monitor with a one-batch window);
-  (d) resume   mpt-125m once more with the same command, SIGKILLed while rank 0 is inside the save of
-               its second sharded checkpoint, then the same command again: it must resume from the first
-               checkpoint and give the per-batch losses (and data) of the uninterrupted run of (c);
+               every block), the local MDS streams and tokenizer, gpu_bench.py's batches (16 and 8) and
+               30-40 batches, no checkpoints or evaluation; tokens/s and MFU are the median of the
+               5-batch rates after 10 warm-up batches in each run's metrics.jsonl (throughput_monitor);
+  (d) resume   mpt-125m uninterrupted with sharded checkpoints every 10 batches and evaluation at the
+               end; then the same command SIGKILLed while rank 0 is inside its batch-20 save (data
+               written, no .metadata), and the same command again: it must resume from batch 10 and give
+               the uninterrupted run's per-batch losses, data (token sums) and eval loss; bit-identical
+               is expected, 1e-3 is tolerated on a GPU (see resume_check);
   (e) export   `foundry export hf` of the resumed run's last checkpoint, loaded with transformers'
                AutoModelForCausalLM on the GPU; its logits against foundry's model read straight from the
                checkpoint (fp32), max |difference| printed and bounded; a short greedy generation.
@@ -24,9 +27,11 @@ logs/<run>.log, runs/<run>/metrics.jsonl, resume_losses.txt, export.json. Data, 
 exported folder (gigabytes) go to --work (default /tmp/foundry-gpu-check), replaced at each start.
 
 `--cpu-smoke` runs every step on a CPU with tiny model overrides (d_model 64, 2 layers, seq 128, a
-512-token BPE) and a few batches: torch.compile is off there (compiling on a 2-core machine costs more
-than the whole smoke run; --cpu-compile turns it on) and flex trains through its SDPA fallback on CPU.
-The install step runs only when --wheelhouse is given. tests/e2e/test_gpu_check.py runs it.
+512-token BPE) and a few batches (8 for mpt-125m, checkpoints every 2, killed in the batch-4 save):
+torch.compile is off there (compiling on a 2-core machine costs more than the whole smoke run;
+--cpu-compile turns it on), flex trains through its SDPA fallback on CPU, amp_bf16 is foundry's CPU
+autocast, and the uninterrupted mpt-125m run is the speed run itself (one launch fewer); losses must be
+bit-identical. The install step runs only when --wheelhouse is given. tests/e2e/test_gpu_check.py runs it.
 
 Exit status 0 when every step passed, 1 otherwise; summary.txt says which step failed and why.
 """
