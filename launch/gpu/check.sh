@@ -3,7 +3,7 @@
 #
 #   bash launch/gpu/check.sh                   # on the GPU machine, from the repository root
 #   bash launch/gpu/check.sh --out DIR         # figures and logs there (default: $OUT, else ./gpu_check_out)
-#   bash launch/gpu/check.sh --cpu-smoke       # every step on a CPU: tiny model, a few batches (< 2 min)
+#   bash launch/gpu/check.sh --cpu-smoke       # every step on a CPU: tiny model, a few batches (about 3 min on 2 cores)
 #
 # Needs: Python 3.12 with torch (CUDA) and transformers installed, and the wheelhouse `make gpu-wheels`
 # built (.whl/gpu, carried with the working tree). Installs what the machine lacks into .gpu-site/
