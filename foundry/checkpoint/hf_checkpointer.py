@@ -101,7 +101,7 @@ def _write_folder(model, tokenizer, weights: dict[str, torch.Tensor], out_dir: s
 
     from safetensors.torch import save_file
 
-    from foundry.export.hf import save_tokenizer
+    from foundry.data.tokenizer import save_tokenizer
     from foundry.models.mpt.configuration import DTYPE_KEY
 
     os.makedirs(out_dir, exist_ok=True)

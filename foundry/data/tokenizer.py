@@ -8,6 +8,7 @@ tokenizer for conversion and training, not a second-class fallback.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from typing import TYPE_CHECKING, Any
@@ -191,3 +192,22 @@ def load_for_conversion(name: str, kwargs: dict[str, Any] | None = None):
     if not kwargs and isinstance(path, str) and os.path.isfile(path):
         return TokenizerFile(path)
     return build_tokenizer(name, kwargs)
+
+
+def save_tokenizer(tokenizer, folder: str) -> None:
+    """`tokenizer.save_pretrained(folder)`, loadable by transformers 4.x as well as 5.
+
+    transformers 5 records a plain tokenizers-backed tokenizer (what a tokenizer.json loads as) as
+    `"tokenizer_class": "TokenizersBackend"`, a class 4.x does not have; in 5 that class is also
+    exported as `PreTrainedTokenizerFast`, the name 4.x knows, so the folder records that one.
+    """
+    tokenizer.save_pretrained(folder)
+    path = os.path.join(folder, 'tokenizer_config.json')
+    if not os.path.isfile(path):
+        return
+    with open(path) as f:
+        config = json.load(f)
+    if config.get('tokenizer_class') == 'TokenizersBackend':
+        config['tokenizer_class'] = 'PreTrainedTokenizerFast'
+        with open(path, 'w') as f:
+            json.dump(config, f, indent=2, ensure_ascii=False)

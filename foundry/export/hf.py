@@ -17,6 +17,7 @@ from typing import Optional
 
 import torch
 
+from foundry.data.tokenizer import save_tokenizer
 from foundry.export.checkpoint import CheckpointError, iter_model_tensors, resolve_local_checkpoint
 
 META_DIRNAME = 'hf_meta'
@@ -30,25 +31,6 @@ def write_run_meta(save_folder: str, mpt_config, tokenizer) -> str:
     mpt_config.save_pretrained(meta_dir)
     save_tokenizer(tokenizer, meta_dir)
     return meta_dir
-
-
-def save_tokenizer(tokenizer, folder: str) -> None:
-    """`tokenizer.save_pretrained(folder)`, loadable by transformers 4.x as well as 5.
-
-    transformers 5 records a plain tokenizers-backed tokenizer (what a tokenizer.json loads as) as
-    `"tokenizer_class": "TokenizersBackend"`, a class 4.x does not have; in 5 that class is also
-    exported as `PreTrainedTokenizerFast`, the name 4.x knows, so the folder records that one.
-    """
-    tokenizer.save_pretrained(folder)
-    path = os.path.join(folder, 'tokenizer_config.json')
-    if not os.path.isfile(path):
-        return
-    with open(path) as f:
-        config = json.load(f)
-    if config.get('tokenizer_class') == 'TokenizersBackend':
-        config['tokenizer_class'] = 'PreTrainedTokenizerFast'
-        with open(path, 'w') as f:
-            json.dump(config, f, indent=2, ensure_ascii=False)
 
 
 def find_run_meta(checkpoint_path: str) -> str:
