@@ -8,6 +8,8 @@ of this repository: whoever comes first builds it under an exclusive `fcntl.floc
 the plain `pip install llm-foundry==0.22.0` (several GB with torch's CUDA wheels, 3-5 minutes).
 A venv counts as ready only once `.bench/llmfoundry-venv/.ready` exists, written after a
 successful import check, so an interrupted install is redone instead of half-used.
+The install goes through the repository's pinned uv (stacks/uv.sh) when it is there: pip's
+resolver backtracks through dozens of google-api-core releases for this package set.
 """
 
 from __future__ import annotations
@@ -25,11 +27,20 @@ BENCH_DIR = REPO / ".bench"
 VENV_DIR = BENCH_DIR / "llmfoundry-venv"
 LOCK_FILE = BENCH_DIR / "llmfoundry-venv.lock"
 READY_FILE = VENV_DIR / ".ready"
-PIP_ARGS = ["install", f"llm-foundry=={LLMFOUNDRY_VERSION}"]
+PIP_ARGS = [f"llm-foundry=={LLMFOUNDRY_VERSION}"]
 
 
 def venv_python() -> Path:
     return VENV_DIR / "bin" / "python"
+
+
+def _installer() -> list[str]:
+    """`uv pip` targeting the venv (pinned uv from stacks/uv.sh), else the venv's own pip."""
+    subprocess.run(["bash", "-c", "source stacks/uv.sh"], cwd=REPO, check=False)
+    uv = sorted((REPO / ".tools").glob("uv-*/bin/uv"))
+    if uv:
+        return [str(uv[-1]), "pip", "install", "--python", str(venv_python())]
+    return [str(venv_python()), "-m", "pip", "install"]
 
 
 def ensure_llmfoundry_venv(log=print) -> Path:
@@ -40,12 +51,10 @@ def ensure_llmfoundry_venv(log=print) -> Path:
         try:
             if READY_FILE.exists():
                 return venv_python()
-            log(f"creating {VENV_DIR} with `pip {' '.join(PIP_ARGS)}` (several GB, a few minutes)")
+            log(f"creating {VENV_DIR} with `pip install {' '.join(PIP_ARGS)}` (several GB, a few minutes)")
             if not venv_python().exists():
                 venv.EnvBuilder(with_pip=True).create(VENV_DIR)
-            pip = [str(venv_python()), "-m", "pip"]
-            subprocess.run(pip + ["install", "-q", "--upgrade", "pip"], check=True)
-            subprocess.run(pip + PIP_ARGS, check=True)
+            subprocess.run(_installer() + PIP_ARGS, check=True)
             check = subprocess.run(
                 [str(venv_python()), "-c",
                  "import llmfoundry, composer, torch; print(llmfoundry.__version__, composer.__version__, torch.__version__)"],
