@@ -165,6 +165,11 @@ def train(cfg: TrainConfig):
     checkpointing = prepare_checkpointing(cfg, plan, model.model.config, tokenizer)
     loggers = build_loggers(cfg.loggers) + [JSONLinesLogger(os.path.join(plan.run_folder, 'metrics.jsonl'))]
     callbacks = build_callbacks(cfg.callbacks) + checkpointing.callbacks
+    if cfg.icl_tasks:
+        from foundry.eval.callback import build_icl_evaluator
+
+        # ICL tasks and the gauntlet at eval_interval, on every rank with the model as sharded (foundry/eval/).
+        callbacks.append(build_icl_evaluator(cfg, tokenizer, plan.device_eval_batch_size, model.config.max_seq_len))
     algorithms = []
     if cfg.algorithms.gradient_clipping is not None:
         clip = cfg.algorithms.gradient_clipping

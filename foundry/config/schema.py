@@ -120,20 +120,22 @@ class TrainConfig:
     dist_timeout: float = 600.0
     python_log_level: Optional[str] = 'info'
     compile_config: Optional[dict[str, Any]] = None
+    # In-context-learning evaluation at eval_interval (foundry/eval/): a list of llm-foundry task entries or a
+    # YAML path listing them under icl_tasks:; checked by foundry.eval.tasks / gauntlet in sections.py.
+    icl_tasks: Optional[Union[str, list[dict[str, Any]]]] = None
+    eval_gauntlet: Optional[Union[str, dict[str, Any]]] = None
+    icl_subset_num_batches: int = -1
+    icl_seq_len: Optional[int] = None
 
     UNSUPPORTED_KEYS = {
-        'icl_tasks': 'in-context-learning evaluation is not implemented yet; remove it and use eval_loader',
-        'icl_tasks_str': 'in-context-learning evaluation is not implemented yet',
-        'eval_gauntlet': 'the evaluation gauntlet is not implemented yet',
-        'eval_gauntlet_str': 'the evaluation gauntlet is not implemented yet',
-        'icl_subset_num_batches': 'in-context-learning evaluation is not implemented yet',
-        'icl_seq_len': 'in-context-learning evaluation is not implemented yet',
+        'icl_tasks_str': 'give icl_tasks a list, or a path to a YAML that lists them under icl_tasks:',
+        'eval_gauntlet_str': 'give eval_gauntlet a mapping, or a path to a YAML holding eval_gauntlet:',
         'tp_config': 'tensor parallelism is not implemented yet; use fsdp_config',
         'profiler': 'the Composer profiler is not wired yet',
         'load_ignore_keys': 'partial checkpoint loading is not implemented yet',
         'save_ignore_keys': 'partial checkpoint saving is not implemented yet',
         'device_train_grad_accum': 'removed in llm-foundry too; set device_train_microbatch_size instead',
-        'model_gauntlet': 'the evaluation gauntlet is not implemented yet',
+        'model_gauntlet': 'renamed eval_gauntlet (as in llm-foundry)',
     }
 
     def check(self, path: str) -> None:

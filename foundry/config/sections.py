@@ -96,7 +96,23 @@ def check_sections(cfg: TrainConfig) -> None:
         check_loader(cfg.eval_loader, 'eval_loader')
     check_registry_map(cfg.callbacks, 'callbacks', CALLBACK_KEYS, 'callback')
     check_registry_map(cfg.loggers, 'loggers', LOGGER_KEYS, 'logger')
+    check_icl(cfg)
     _check_consistency(cfg)
+
+
+def check_icl(cfg: TrainConfig) -> None:
+    """icl_tasks entries (and the files they name), the gauntlet, and that its benchmarks are tasks."""
+    from foundry.eval.gauntlet import check_against_tasks, parse_gauntlet
+    from foundry.eval.tasks import parse_icl_tasks
+
+    tasks = parse_icl_tasks(cfg.icl_tasks)
+    gauntlet = parse_gauntlet(cfg.eval_gauntlet)
+    if gauntlet is not None:
+        if not tasks:
+            raise ConfigError('`eval_gauntlet` needs `icl_tasks` (the tasks its categories score)')
+        check_against_tasks(gauntlet, tasks)
+    if cfg.icl_seq_len is not None and cfg.icl_seq_len <= 0:
+        raise ConfigError(f'`icl_seq_len` must be positive, got {cfg.icl_seq_len}')
 
 
 def _check_consistency(cfg: TrainConfig) -> None:

@@ -77,7 +77,7 @@ def test_unknown_registered_name_suggests_nearest():
 
 
 def test_unsupported_llm_foundry_key_says_so():
-    message = error_of('icl_tasks=[]')
+    message = error_of('tp_config={}')
     assert 'not supported by foundry yet' in message
 
 
