@@ -53,8 +53,8 @@ class ModelShape:
     def kv_dim(self) -> int:
         return self.kv_n_heads * self.head_dim
 
-    def _norm(self, width: int) -> int:
-        has_bias = not self.no_bias and self.norm_type != 'rmsnorm'
+    def _norm(self, width: int, norm_type: str = '') -> int:
+        has_bias = not self.no_bias and 'rmsnorm' not in (norm_type or self.norm_type)
         return width * (2 if has_bias else 1)
 
     def _linear(self, n_in: int, n_out: int) -> int:
@@ -66,7 +66,7 @@ class ModelShape:
         n = self._norm(d) * 2 + self._linear(d, qkv) + self._linear(d, d)
         n += self._linear(d, self.ffn_hidden_size) + self._linear(self.ffn_hidden_size, d)
         if self.qk_ln:
-            n += self._norm(d) + self._norm(self.kv_dim)
+            n += self._norm(d, 'layernorm') + self._norm(self.kv_dim, 'layernorm')  # MPT: always LayerNorm
         return n
 
     @property

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .configuration import MPTConfig
+from .configuration import QK_LN_EPS, QK_LN_NORM_TYPE, MPTConfig
 from .norms import build_norm
 
 if TYPE_CHECKING:
@@ -432,8 +432,9 @@ class MPTAttention(nn.Module):
         # Row boundaries of q | k | v, so init can treat each part as its own matrix (fan_out).
         self.Wqkv._fused = (0, [self.d_model, self.d_model + self.kv_dim])
         if a["qk_ln"]:
-            self.q_ln = build_norm(config.norm_type, self.d_model, config.norm_eps, config.no_bias)
-            self.k_ln = build_norm(config.norm_type, self.kv_dim, config.norm_eps, config.no_bias)
+            # MPT's query/key norms ignore norm_type and norm_eps (its blocks never pass them on).
+            self.q_ln = build_norm(QK_LN_NORM_TYPE, self.d_model, QK_LN_EPS, config.no_bias)
+            self.k_ln = build_norm(QK_LN_NORM_TYPE, self.kv_dim, QK_LN_EPS, config.no_bias)
         self.out_proj = nn.Linear(self.d_model, self.d_model, bias=bias)
         self.out_proj._is_residual = True  # scaled down at init, it writes into the residual stream
 

@@ -16,13 +16,17 @@ from typing import Any, Optional, Union
 import torch
 from transformers import PretrainedConfig
 
+from .foreign_keys import check_foreign_keys, split_foreign_keys
+
 # Every supported `attn_config` key with its default. The YAML loader validates user keys against
 # this dict (and uses each default's type as the accepted type), so it must stay complete.
 ATTN_CONFIG_DEFAULTS: dict[str, Any] = {
     "attn_type": "multihead_attention",  # | 'multiquery_attention' | 'grouped_query_attention'
     "attn_pdrop": 0.0,
     "attn_impl": "torch",  # 'torch' (SDPA) | 'flex' (flex_attention) | 'flash' (flash-attn package)
-    "qk_ln": False,  # LayerNorm on queries and keys (training stability at high lr)
+    # LayerNorm on queries and keys (training stability at high lr). As in MPT, these two norms are
+    # always low_precision_layernorm with eps 1e-5, whatever norm_type and norm_eps say.
+    "qk_ln": False,
     "clip_qkv": None,  # None = no clipping, else clamp the fused qkv to [-clip_qkv, clip_qkv]
     "softmax_scale": None,  # None = 1/sqrt(head_dim)
     "prefix_lm": False,  # accepted for MPT-7B compatibility; True is not supported yet
@@ -46,7 +50,7 @@ INIT_CONFIG_DEFAULTS: dict[str, Any] = {
 }
 
 ATTN_TYPES = ("multihead_attention", "multiquery_attention", "grouped_query_attention")
-NORM_TYPES = ("layernorm", "low_precision_layernorm", "rmsnorm")
+NORM_TYPES = ("layernorm", "low_precision_layernorm", "rmsnorm", "low_precision_rmsnorm")
 INIT_NAMES = (
     "kaiming_normal_",
     "kaiming_uniform_",
@@ -56,17 +60,14 @@ INIT_NAMES = (
     "small_init_",
 )
 
-# Keys MPT / llm-foundry know that we deliberately do not implement yet: naming them gives a
-# "not supported yet" error instead of a misleading "unknown key".
-_ATTN_KEYS_NOT_YET = (
-    "rope", "rope_theta", "rope_impl", "rope_dail_config", "rope_hf_config",
-    "sliding_window_size", "qk_gn", "fused_qkv", "flash_attn_config", "attn_logit_softcapping",
-)
-_TOP_KEYS_NOT_YET = ("ffn_config", "fc_type", "block_overrides", "use_pad_tok_in_ffn",
-                     "final_logit_softcapping")
-_NORMS_NOT_YET = ("low_precision_rmsnorm", "triton_rmsnorm")
+# llm-foundry's and mosaicml's switches for features foundry does not implement (rope, sliding
+# windows, ...) are accepted at their "off" value and refused otherwise: see foreign_keys.py.
+_ATTN_KEYS_NOT_YET = ("flash_attn_config",)
+NORM_TYPES_ALIASES = {"triton_rmsnorm": "rmsnorm"}  # flash-attn's Triton kernel for the same RMSNorm
 ATTN_IMPLS = ("torch", "flex", "flash")
-_ATTN_IMPLS_NOT_YET = ("triton",)
+# Kernels of other MPT code bases for the same attention: MPT-7B's remote code had 'triton'.
+_FLASH_LIKE_IMPLS = ("flash", "triton")
+QK_LN_NORM_TYPE, QK_LN_EPS = "low_precision_layernorm", 1e-5
 
 # Top-level keys that transformers itself writes into config.json (architectures, torch_dtype,
 # generation defaults, ...) plus legacy keys of MPT-7B / transformers' MptConfig. They are
@@ -170,9 +171,8 @@ class MPTConfig(PretrainedConfig):
         ac_every_n_blocks: int = 0,
         **kwargs: Any,
     ):
+        kwargs, attn_config, foreign_top, foreign_attn = split_foreign_keys(kwargs, attn_config)
         for key in kwargs:
-            if key in _TOP_KEYS_NOT_YET:
-                raise _not_yet(f"model.{key}")
             if key not in _HF_KEYS and key not in _LEGACY_KEYS:
                 raise _unknown_key_error("model", key, self._top_level_keys())
         # transformers' native MptConfig calls the epsilon `layer_norm_epsilon`; accept it as an
@@ -211,6 +211,8 @@ class MPTConfig(PretrainedConfig):
         # backward instead of keeping their activations (0 = off; 1 = every block).
         self.ac_every_n_blocks = ac_every_n_blocks
         self._validate()
+        # After _validate: the neutral values of some keys depend on d_model / n_heads.
+        check_foreign_keys(foreign_top, foreign_attn, d_model, n_heads, expansion_ratio, no_bias)
         super().__init__(tie_word_embeddings=tie_word_embeddings, **kwargs)
 
     def to_dict(self) -> dict[str, Any]:
@@ -228,6 +230,8 @@ class MPTConfig(PretrainedConfig):
         out = super().to_diff_dict()
         if DTYPE_KEY == "dtype" and out.get("dtype") is not None:
             out["torch_dtype"] = out["dtype"]
+        if "attn_config" in out:
+            out["attn_config"] = portable_attn_config(out["attn_config"])
         return out
 
     @classmethod
@@ -253,8 +257,8 @@ class MPTConfig(PretrainedConfig):
             _check_prob(f"model.{name}", getattr(self, name))
         if not 0.0 < self.embedding_fraction <= 1.0:
             raise ValueError(f"embedding_fraction must be in (0, 1], got {self.embedding_fraction}")
-        if self.norm_type in _NORMS_NOT_YET:
-            raise _not_yet(f"norm_type {self.norm_type!r}", f"Supported: {NORM_TYPES}.")
+        if self.norm_type in NORM_TYPES_ALIASES:
+            self.norm_type = NORM_TYPES_ALIASES[self.norm_type]
         if self.norm_type not in NORM_TYPES:
             raise ValueError(f"norm_type must be one of {NORM_TYPES}, got {self.norm_type!r}")
         if not self.norm_eps > 0:
@@ -281,9 +285,8 @@ class MPTConfig(PretrainedConfig):
         a = self.attn_config
         if a["attn_type"] not in ATTN_TYPES:
             raise ValueError(f"attn_config.attn_type must be one of {ATTN_TYPES}, got {a['attn_type']!r}")
-        if a["attn_impl"] in _ATTN_IMPLS_NOT_YET:
-            raise _not_yet(f"attn_config.attn_impl {a['attn_impl']!r}",
-                           f"Use one of {ATTN_IMPLS} ('torch' is PyTorch SDPA).")
+        if a["attn_impl"] in _FLASH_LIKE_IMPLS:
+            a["attn_impl"] = resolve_flash_impl(a["attn_impl"], a["attn_pdrop"])
         if a["attn_impl"] not in ATTN_IMPLS:
             raise ValueError(f"attn_config.attn_impl must be one of {ATTN_IMPLS}, got {a['attn_impl']!r}")
         if a["attn_impl"] == "flex" and a["attn_pdrop"]:
@@ -362,6 +365,53 @@ class MPTConfig(PretrainedConfig):
         if div is True:
             return math.sqrt(2 * self.n_layers)
         return 1.0 if div is False else float(div)
+
+
+def flash_attn_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("flash_attn") is not None
+
+
+def resolve_flash_impl(requested: str, attn_pdrop: float) -> str:
+    """The kernel that runs for attn_impl 'flash' (or MPT-7B's 'triton'): flash-attn where installed.
+
+    Without the package (llm-foundry's YAMLs and folders say 'flash'), the same attention runs on
+    the fastest kernel torch has, with a one-line warning instead of a refusal: on a GPU flex
+    (compiled flex_attention, ALiBi as a score_mod: no bias tensor, like flash), on a CPU torch's
+    SDPA (flex is an uncompiled reference kernel there), and SDPA wherever attention dropout is on
+    (flex has none). Set attn_impl to 'flex' or 'torch' to choose without a warning.
+    """
+    if requested == "flash" and flash_attn_installed():
+        return "flash"
+    chosen = "flex" if torch.cuda.is_available() and not attn_pdrop else "torch"
+    package = "the flash-attn package, which is not installed" if requested == "flash" else \
+        "MPT's Triton kernel, which foundry does not ship"
+    warnings.warn(f"attn_config.attn_impl {requested!r} needs {package}; running attn_impl {chosen!r} "
+                  f"(the same attention{', torch flex_attention' if chosen == 'flex' else ', torch SDPA'}). "
+                  "Install flash-attn (pip install flash-attn --no-build-isolation) or set attn_impl: flex "
+                  "or torch to choose explicitly.", stacklevel=3)
+    return chosen
+
+
+def portable_attn_config(attn: dict[str, Any]) -> dict[str, Any]:
+    """attn_config as written to config.json: keys every MPT reader accepts.
+
+    llm-foundry passes attn_config to its attention classes as keyword arguments, and its
+    multi-head and multi-query classes refuse `kv_n_heads`, every class refuses `prefix_lm` and it
+    knows only attn_impl 'torch' and 'flash'. So kv_n_heads is written for grouped-query attention
+    only (the other types imply it), prefix_lm (always false here) not at all, and 'flex' as
+    'torch' (the kernel is a run-time choice; the model computes the same either way).
+    transformers' native MptConfig fills in what is missing with the same defaults.
+    """
+    out = dict(attn)
+    if out.get("attn_type") != "grouped_query_attention":
+        out.pop("kv_n_heads", None)
+    if not out.get("prefix_lm"):
+        out.pop("prefix_lm", None)
+    if out.get("attn_impl") == "flex":
+        out["attn_impl"] = "torch"
+    return out
 
 
 def _check_prob(name: str, value: float) -> None:

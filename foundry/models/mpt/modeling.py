@@ -23,6 +23,7 @@ version's name.
 
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 import torch
@@ -36,6 +37,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from .attention import AttentionCache, prepare_attention
 from .blocks import MPTBlock
 from .configuration import MPTConfig
+from .foreign_keys import folder_has_split_qkv, fuse_split_qkv, read_folder_tensors
 from .init import init_module_
 from .loss import causal_lm_loss, chunked_causal_lm_loss
 from .norms import build_norm
@@ -61,6 +63,20 @@ class MPTPreTrainedModel(PreTrainedModel):
     _supports_cache_class = True
     # MPT-7B's checkpoint carries an unused position table (learned_pos_emb and ALiBi both set).
     _keys_to_ignore_on_load_unexpected = [r"transformer\.wpe\.weight"]
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path=None, *args, **kwargs):
+        """transformers' from_pretrained, plus folders whose attention weights are split Wq/Wk/Wv.
+
+        llm-foundry writes separate Wq/Wk/Wv with `attn_config.fused_qkv: false`; they are fused
+        into this model's Wqkv (rows [q | k | v]) before transformers loads the state dict.
+        """
+        folder = pretrained_model_name_or_path
+        if isinstance(folder, (str, os.PathLike)) and "state_dict" not in kwargs and folder_has_split_qkv(str(folder)):
+            config = kwargs.pop("config", None) or cls.config_class.from_pretrained(folder)
+            state = fuse_split_qkv(read_folder_tensors(str(folder)))
+            return super().from_pretrained(None, *args, config=config, state_dict=state, **kwargs)
+        return super().from_pretrained(folder, *args, **kwargs)
 
     # ------------------------------------------------------------- parallelism hooks
     def fsdp_wrap_fn(self, module: nn.Module) -> bool:

@@ -54,18 +54,33 @@ class RMSNorm(nn.Module):
         return f"{self.normalized_shape}, eps={self.eps}"
 
 
+class LowPrecisionRMSNorm(RMSNorm):
+    """RMSNorm computed in the autocast dtype (as LowPrecisionLayerNorm); exactly RMSNorm without autocast."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        device_type = x.device.type
+        if not torch.is_autocast_enabled(device_type):
+            return super().forward(x)
+        dtype = torch.get_autocast_dtype(device_type)
+        xd = x.to(dtype)
+        with torch.autocast(device_type=device_type, enabled=False):
+            out = xd * torch.rsqrt(xd.pow(2).mean(-1, keepdim=True) + self.eps)
+            return out * self.weight.to(dtype)
+
+
 NORM_CLASSES = {
     "layernorm": LayerNorm,
     "low_precision_layernorm": LowPrecisionLayerNorm,
     "rmsnorm": RMSNorm,
+    "low_precision_rmsnorm": LowPrecisionRMSNorm,
 }
 
 
 def build_norm(norm_type: str, dim: int, eps: float, no_bias: bool) -> nn.Module:
     """A norm of `dim` features; LayerNorms carry a bias only when biases are on."""
     cls = NORM_CLASSES[norm_type]
-    if cls is RMSNorm:
-        return RMSNorm(dim, eps=eps)
+    if issubclass(cls, RMSNorm):
+        return cls(dim, eps=eps)
     return cls(dim, eps=eps, bias=not no_bias)
 
 
