@@ -14,7 +14,8 @@ of processes, the batch size or the order examples are scored in.
 Tokens, as lm-evaluation-harness makes them (so both score the same tokens): whitespace at the
 end of the context moves to the start of the continuation, the whole string is encoded, and the
 continuation is what follows the context's own encoding. An input that does not fit `max_seq_len`
-loses tokens from the left of the context (counted as truncated); an example whose continuation
+loses tokens from the left of the context (counted as truncated; a multiple_choice context is cut
+once, for its longest choice, so all choices see the same one); an example whose continuation
 alone does not fit is skipped (counted). Neither happens silently: both are in the results.
 """
 
@@ -118,12 +119,19 @@ def build_item(task: ICLTaskConfig, examples: list[dict[str, Any]], index: int, 
     else:
         pairs = [(prefix + option + delim, example['continuation']) for option in example['context_options']]
     item.prompt_text = [p[0] for p in pairs]
-    for context, continuation in pairs:
-        ctx, cont = encode_pair(tokenizer, context, continuation)
-        ctx, cont, truncated, skipped = fit(ctx, cont, max_seq_len)
-        item.truncated |= truncated
-        item.skipped |= skipped
-        item.requests.append((ctx, cont))
+    encoded = [encode_pair(tokenizer, context, continuation) for context, continuation in pairs]
+    if kind == 'multiple_choice':
+        # One context for every choice, cut for the longest one, so the choices can share its pass (and are
+        # judged on the same context; lm-evaluation-harness cuts each choice's context separately).
+        longest = max(encoded, key=lambda pair: len(pair[1]))
+        shared, _, item.truncated, item.skipped = fit(longest[0], longest[1], max_seq_len)
+        item.requests = [(shared, cont) for _, cont in encoded]
+    else:
+        for ctx, cont in encoded:
+            ctx, cont, truncated, skipped = fit(ctx, cont, max_seq_len)
+            item.truncated |= truncated
+            item.skipped |= skipped
+            item.requests.append((ctx, cont))
     if item.skipped:
         item.requests = []
     return item

@@ -119,6 +119,8 @@ def score_full(runner: ModelRunner, batch: list[Item]) -> dict[int, list[Loglik]
 def score_shared(runner: ModelRunner, batch: list[Item]) -> dict[int, list[Loglik]]:
     """Contexts once (KV cache), then every choice of every question in one batch against it."""
     contexts = [it.requests[0][0] for it in batch]
+    if any(ctx != contexts[q] for q, it in enumerate(batch) for ctx, _ in it.requests):
+        raise ValueError('score_shared needs one context per question (prompts.build_item makes it so)')
     ctx_width = max(map(len, contexts))
     ctx_ids = torch.full((len(batch), ctx_width), runner.pad_id, dtype=torch.long)
     ctx_mask = torch.zeros((len(batch), ctx_width), dtype=torch.long)
