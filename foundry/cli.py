@@ -3,6 +3,8 @@
     foundry info YAML [key=value ...]           parameters, FLOPs per token, data mixture
     foundry export hf CHECKPOINT OUT_DIR        a Composer checkpoint as a Hugging Face folder
     foundry plan YAML --gpus N --gpu KIND       memory, speed and duration on a cluster, before paying for it
+    foundry eval SRC TASKS.yaml                 ICL tasks, gauntlet, perplexity of a checkpoint or HF folder
+    foundry plot RUN_FOLDER [RUN_FOLDER ...]    loss, tokens/s, learning rate and eval scores as one PNG
 """
 
 from __future__ import annotations
@@ -19,11 +21,11 @@ def cmd_info(args: argparse.Namespace) -> int:
     from foundry.config.load import load_config
     from foundry.models import count_parameters
     from foundry.models.flops import flops_per_token
-    from foundry.models.mpt.configuration import MPTConfig
+    from foundry.models.pretrained import model_config_from_section
 
     cfg = load_config(args.yaml, args.overrides)
     model_cfg = {k: v for k, v in cfg.model.items() if k not in ('name', 'loss_fn')}
-    mpt_config = MPTConfig(**model_cfg)
+    mpt_config = model_config_from_section(model_cfg)
     n_params = count_parameters(mpt_config)
     seq_len = (cfg.train_loader.get('dataset') or {}).get('max_seq_len') or mpt_config.max_seq_len
     tokens_per_batch = cfg.global_train_batch_size * seq_len
@@ -84,6 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
     from foundry.plan import add_plan_parser
 
     add_plan_parser(sub)
+    from foundry.eval.cli import add_eval_parser
+    from foundry.plot import add_plot_parser
+
+    add_eval_parser(sub)
+    add_plot_parser(sub)
     return parser
 
 

@@ -231,8 +231,18 @@ def plan_start(cfg, autoresume: bool, save_folder: Optional[str], kind: str) -> 
         reason = 'autoresume: false' if cfg.autoresume is False else 'run_name or save_folder not set'
         start.lines.append(f'autoresume: off ({reason}); this run starts at batch 0'
                            + (f' from {cfg.load_path}' if cfg.load_path else ''))
+    pretrained = (cfg.model or {}).get('pretrained_model_name_or_path')
     if cfg.load_path:
         _plan_load_path(cfg, start, kind)
+        if pretrained:
+            start.lines.append(f'model.pretrained_model_name_or_path: only its config is used; the weights come from '
+                               f'load_path {cfg.load_path}')
+    elif pretrained:
+        from foundry.models.pretrained import local_weights_folder
+
+        start.weights = local_weights_folder(str(pretrained))
+        start.lines.append(f'model.pretrained_model_name_or_path: {pretrained}; its weights are loaded after the model '
+                           f'is built, weights only')
     return start
 
 

@@ -50,6 +50,12 @@ class HFWeights:
                                f'(config.json model_type "mpt")')
         self.files = self._files()  # name -> file
         self._shapes: Optional[dict[str, tuple[int, ...]]] = None
+        # llm-foundry with `attn_config.fused_qkv: false` stores Wq/Wk/Wv; the model has one Wqkv.
+        self.fused: dict[str, list[str]] = {}
+        if (self.config.get('attn_config') or {}).get('fused_qkv') is False:
+            from foundry.models.mpt.foreign_keys import split_qkv_names
+
+            self.fused = split_qkv_names(list(self.files))
 
     def _files(self) -> dict[str, str]:
         for index_name in ('model.safetensors.index.json', 'pytorch_model.bin.index.json'):
@@ -73,10 +79,18 @@ class HFWeights:
             for file in sorted(set(self.files.values())):
                 shapes.update(_tensor_shapes(file))
             self._shapes = {name: shapes[name] for name in self.files}
+            split = {part for parts in self.fused.values() for part in parts}
+            for fused, parts in self.fused.items():
+                first = self._shapes[parts[0]]
+                self._shapes[fused] = (sum(self._shapes[p][0] for p in parts), *first[1:])
+            self._shapes = {n: v for n, v in self._shapes.items() if n not in split}
         return self._shapes
 
     def groups(self, names: list[str], max_bytes: int = 1 << 30) -> Iterator[dict[str, torch.Tensor]]:
         """Tensors of `names`, file by file, in groups of at most ~max_bytes."""
+        if self.fused:
+            yield from self._fused_groups(names, max_bytes)
+            return
         by_file: dict[str, list[str]] = {}
         for name in names:
             by_file.setdefault(self.files[name], []).append(name)
@@ -91,6 +105,27 @@ class HFWeights:
                 size += nbytes
             if group:
                 yield group
+
+
+    def _fused_groups(self, names: list[str], max_bytes: int) -> Iterator[dict[str, torch.Tensor]]:
+        plain = [n for n in names if n not in self.fused]
+        if plain:
+            saved, self.fused = self.fused, {}
+            try:
+                yield from self.groups(plain, max_bytes)
+            finally:
+                self.fused = saved
+        for fused in (n for n in names if n in self.fused):
+            parts = dict(_read_grouped(self.files, self.fused[fused]))
+            yield {fused: torch.cat([parts[p] for p in self.fused[fused]], dim=0)}
+
+
+def _read_grouped(files: dict[str, str], names: list[str]) -> Iterator[tuple[str, torch.Tensor]]:
+    by_file: dict[str, list[str]] = {}
+    for name in names:
+        by_file.setdefault(files[name], []).append(name)
+    for file, file_names in by_file.items():
+        yield from _read_tensors(file, file_names)
 
 
 class CheckpointWeights:

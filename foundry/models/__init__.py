@@ -40,11 +40,12 @@ def build_mpt_causal_lm(model_cfg: dict, tokenizer: Any = None) -> "ComposerMPTC
     """
     from .composer_model import ComposerMPTCausalLM
 
-    model_cfg = dict(model_cfg)
-    loss_fn = model_cfg.pop("loss_fn", DEFAULT_LOSS_FN)
+    from .pretrained import model_config_from_section
+
+    loss_fn = model_cfg.get("loss_fn", DEFAULT_LOSS_FN)
     if loss_fn not in LOSS_FNS:
         raise ValueError(f"model.loss_fn must be one of {LOSS_FNS}, got {loss_fn!r}")
-    config = MPTConfig(**model_cfg)
+    config = model_config_from_section(model_cfg)  # reads pretrained_model_name_or_path's config.json if set
     if tokenizer is not None and len(tokenizer) > config.vocab_size:
         raise ValueError(
             f"model.vocab_size ({config.vocab_size}) is smaller than the tokenizer's vocabulary "

@@ -98,13 +98,13 @@ def train_seq_len(cfg: TrainConfig, model_max_seq_len: int) -> int:
 
 def model_shape(cfg: TrainConfig) -> ModelShape:
     """The ModelShape of `cfg.model`, with MPTConfig's validation and defaults."""
-    from foundry.models.mpt.configuration import MPTConfig
     from foundry.models.mpt.loss import DEFAULT_LOSS_FN
+    from foundry.models.pretrained import model_config_from_section
 
     args = {k: v for k, v in cfg.model.items() if k not in _NOT_MODEL_ARGS}
     args['init_device'] = 'meta'
     try:
-        c = MPTConfig(**args)
+        c = model_config_from_section(args)
     except (TypeError, ValueError) as e:
         raise ConfigError(f'model: {e}') from None
     a = c.attn_config

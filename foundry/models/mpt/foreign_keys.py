@@ -46,8 +46,8 @@ class ForeignKeyError(ValueError):
 
 
 def _refuse(path: str, value: Any, feature: str, neutral: str) -> ForeignKeyError:
-    return ForeignKeyError(f"model.{path} is {value!r}: foundry does not implement {feature} yet "
-                           f"(only {neutral} loads; it means the feature is off)")
+    return ForeignKeyError(f"model.{path} is {value!r}: foundry does not implement {feature} yet; "
+                           f"it loads this key only as {neutral}")
 
 
 def _is_torch_fc(value: Any) -> bool:
