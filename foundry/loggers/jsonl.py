@@ -14,8 +14,14 @@ of a fit (batch = number of batches trained) holds end-of-fit values and no trai
 
 All metrics logged with the same step are merged into one line, completed when a
 metric with a different step arrives, at fit end and at close; each write is flushed.
-The file is opened in append mode, so a resumed run continues it; batches it replays
-appear twice, and `read_metrics` keeps the later line.
+The file is opened in append mode, so a resumed run continues it. A run killed after
+its last checkpoint wrote lines for batches the resumed run trains again; at fit start
+(when the resumed batch B is known) those lines (batch > B) are moved out of the file,
+so every batch appears once, with the values of the run that continued. Line B keeps
+what was logged before the checkpoint (end-of-batch callbacks of batch B - 1) and gets
+the resumed run's values merged in. The moved lines are appended, each marked with
+`"superseded_at_resume": B`, to `metrics.jsonl.superseded` next to the file.
+`read_metrics` also keeps the later of two lines for one batch.
 
 No host-device sync per batch. Reading a GPU tensor's value (`.tolist()`, `.item()`)
 blocks the host until the GPU has run everything queued before it, which stalls the
@@ -59,6 +65,9 @@ class JSONLinesLogger(LoggerDestination):
         # The last line written, so a step that comes back (e.g. trainer.eval() after fit)
         # is rewritten complete rather than as a fragment that would hide the first line.
         self._last_line: Optional[dict[str, Any]] = None
+        # Bytes of the file that earlier runs wrote (before this logger opened it); None until opened.
+        # Only these are checked against the resumed batch, once, at the first fit start.
+        self._earlier_bytes: Optional[int] = None
 
     def init(self, state: State, logger: Logger) -> None:
         del state, logger  # unused
@@ -75,6 +84,13 @@ class JSONLinesLogger(LoggerDestination):
         self._step = step
         # Convert now: a tensor logged by reference could change before the line is written.
         self._pending.update({k: _plain(v) for k, v in metrics.items()})
+
+    def fit_start(self, state: State, logger: Logger) -> None:
+        del logger  # unused
+        if dist.get_global_rank() != 0 or not self._earlier_bytes:
+            return
+        earlier, self._earlier_bytes = self._earlier_bytes, 0
+        self._drop_lines_replayed_from(int(state.timestamp.batch), earlier)
 
     def fit_end(self, state: State, logger: Logger) -> None:
         del state, logger  # unused
@@ -99,6 +115,8 @@ class JSONLinesLogger(LoggerDestination):
         if self._file.tell() > 0 and not _ends_with_newline(self.path):
             self._file.write('\n')
             self._file.flush()
+        if self._earlier_bytes is None:
+            self._earlier_bytes = self._file.tell()
 
     def _write_pending(self, force: bool = False) -> None:
         if self._pending and self._step is not None:
@@ -119,6 +137,44 @@ class JSONLinesLogger(LoggerDestination):
         self._file.write(''.join(json.dumps(line, default=_to_json) + '\n' for line in self._held))
         self._file.flush()
         self._held = []
+
+
+    def _drop_lines_replayed_from(self, resumed_batch: int, earlier_bytes: int) -> None:
+        """Move earlier runs' lines for batches > `resumed_batch` to the `.superseded` file (module doc)."""
+        self._write_pending(force=True)
+        with open(self.path, 'rb') as f:
+            earlier, ours = f.read(earlier_bytes), f.read()
+        kept, moved, last = [], [], None
+        for raw in earlier.decode('utf-8', errors='replace').splitlines():
+            try:
+                batch = int(json.loads(raw)['batch'])
+            except (ValueError, KeyError, TypeError):
+                kept.append(raw)  # a killed write's fragment: read_metrics skips it
+                continue
+            if batch < resumed_batch:
+                kept.append(raw)
+            elif batch == resumed_batch:
+                last = json.loads(raw)
+            else:
+                moved.append(raw)
+        if not moved and last is None:
+            return
+        if moved:
+            with open(self.path + '.superseded', 'a', encoding='utf-8') as side:
+                side.write(''.join(json.dumps({**json.loads(raw), 'superseded_at_resume': resumed_batch}) + '\n'
+                                   for raw in moved))
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        tmp = self.path + '.tmp'
+        with open(tmp, 'wb') as f:  # replaced in one rename: a kill leaves the old file or the new one
+            f.write(''.join(raw + '\n' for raw in kept).encode('utf-8') + ours)
+        os.replace(tmp, self.path)
+        self._open()
+        if last is not None:
+            # Pending again: the resumed run's metrics for this step update it, and it is written once.
+            last.pop('batch')
+            self._step, self._pending = resumed_batch, last
 
 
 def read_metrics(path: str | os.PathLike[str]) -> dict[int, dict[str, Any]]:

@@ -8,6 +8,7 @@ Every run: tests/fixtures/tiny.yaml on 2 CPU processes (FSDP2, sharded checkpoin
 
 from __future__ import annotations
 
+import json
 import os
 
 import boto3
@@ -59,6 +60,9 @@ def test_sigkill_anywhere_then_same_command_gives_the_uninterrupted_losses(refer
     print(side_by_side(f'per-batch loss (run 1 killed after batch {killed_at} was logged, run 2 killed inside '
                        f'the batch-6 save)', {'uninterrupted': reference.losses, 'killed+resumed': resumed}))
     assert resumed == reference.losses  # bit-identical, every batch
+    # Every batch on one line of the file (the killed runs' replayed lines were moved out at each resume).
+    batches = [line['batch'] for line in map(_parsed, open(metrics).read().splitlines()) if line]
+    assert batches == list(range(BATCHES + 1)), batches
     assert token_sums(metrics) == reference.token_sums
 
     log2, log3 = second.log(), third.log()
@@ -71,6 +75,13 @@ def test_sigkill_anywhere_then_same_command_gives_the_uninterrupted_losses(refer
     assert sorted(p.name for p in (checkpoints / 'ep0-ba6.incomplete').iterdir()) == ['__0_0.distcp', '__1_0.distcp']
     assert (checkpoints / 'ep0-ba6' / '.metadata').exists()
     assert os.readlink(checkpoints / 'latest-rank0.pt') == 'ep0-ba8'
+
+
+def _parsed(raw: str):
+    try:
+        return json.loads(raw)
+    except ValueError:  # blank, or the fragment of a write the kill interrupted
+        return None
 
 
 def test_s3_save_folder_autoresumes_past_a_partial_upload(reference, tiny_data, tmp_path, make_bucket, s3_endpoint):

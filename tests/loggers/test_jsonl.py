@@ -93,6 +93,48 @@ def test_resumed_run_appends_and_later_line_wins(tmp_path):
     assert metrics[2] == first[2]
 
 
+def _fit_checkpointed(loggers, save_folder, batches: int, data_seed: int, load_path=None) -> Trainer:
+    """`_fit` with a checkpoint every 3 batches (and optionally resuming from one)."""
+    torch.manual_seed(data_seed)
+    data = TensorDataset(torch.randn(4 * 6, 8), torch.randint(0, 3, (4 * 6,)))
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+    trainer = Trainer(model=ComposerClassifier(module, num_classes=3), train_dataloader=DataLoader(data, batch_size=4),
+                      optimizers=torch.optim.SGD(module.parameters(), lr=0.1), max_duration=f'{batches}ba',
+                      device='cpu', loggers=list(loggers), callbacks=build_callbacks({'lr_monitor': None}),
+                      save_folder=str(save_folder), save_interval='3ba', load_path=load_path,
+                      progress_bar=False, log_to_console=False, seed=0)
+    trainer.fit()
+    trainer.close()
+    return trainer
+
+
+def test_resume_keeps_one_line_per_batch_with_the_continuing_runs_values(tmp_path):
+    """A run checkpointed at batch 3 and killed after logging batch 5 is resumed from 3: batches 3-5 once."""
+    path = tmp_path / 'metrics.jsonl'
+    _fit_checkpointed([JSONLinesLogger(path)], tmp_path / 'ckpt', batches=6, data_seed=0)
+    first = read_metrics(path)
+    # What a kill after batch 5 leaves: lines up to batch 5 (no end-of-fit line 6), the checkpoint at 3.
+    path.write_text(''.join(line for line in path.read_text().splitlines(keepends=True)
+                            if json.loads(line)['batch'] <= 5))
+    # The resumed run trains batches 3-5 on other data, so its losses differ from the killed run's.
+    _fit_checkpointed([JSONLinesLogger(path)], tmp_path / 'ckpt2', batches=6, data_seed=1,
+                      load_path=str(tmp_path / 'ckpt' / 'ep0-ba3-rank0.pt'))
+
+    lines = [json.loads(raw) for raw in path.read_text().splitlines()]
+    assert [line['batch'] for line in lines] == list(range(7)), 'every batch once, in order'
+    metrics = read_metrics(path)
+    for b in range(3):
+        assert metrics[b] == first[b]
+    for b in range(3, 6):
+        assert metrics[b]['loss/train/total'] != first[b]['loss/train/total'], f'batch {b} kept the killed run\'s loss'
+    # Line 3 keeps what only the killed run logged, before its checkpoint (lr_monitor at batch 2's end).
+    assert metrics[3]['lr-SGD/group0'] == first[3]['lr-SGD/group0'] == 0.1
+    moved = [json.loads(raw) for raw in (tmp_path / 'metrics.jsonl.superseded').read_text().splitlines()]
+    assert [(m['batch'], m['superseded_at_resume']) for m in moved] == [(4, 3), (5, 3)]
+    assert [m['loss/train/total'] for m in moved] == [first[4]['loss/train/total'], first[5]['loss/train/total']]
+
+
 def test_killed_writer_fragment_is_isolated(tmp_path):
     path = tmp_path / 'metrics.jsonl'
     path.write_text('{"batch": 0, "loss/train/total": 1.0}\n{"batch": 1, "loss/tr')  # killed mid-write
