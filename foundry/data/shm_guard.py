@@ -12,9 +12,19 @@ streaming gives every StreamingDataset a machine-wide *prefix* (``000000_locals`
   memory; if the next run uses the same ``local`` folder, streaming refuses it with "Reused
   local directory". Each foundry run's local leader therefore holds a lock on an *owner file*
   for its prefix for as long as it lives (the kernel drops it when the process dies, however
-  it dies). Under the registration lock we remove the shared memory of every prefix whose owner
-  file is no longer locked: it belonged to a foundry run that is gone. Prefixes without an owner
-  file (made by other programs) are never touched.
+  it dies), and writes into it the identity (device and inode) of every segment of the prefix,
+  recorded right after streaming created them, under the registration lock. Under that lock we
+  remove the shared memory of a prefix only when its owner file is no longer locked *and* the
+  prefix's ``locals`` segment is still the one that run created: a lock says the run is gone,
+  the inode says the memory is still its own (an unlocked owner file alone can be stale: after
+  the run ended, or after a program such as llm-foundry called streaming's
+  ``clean_stale_shared_memory()``, another program may have taken the prefix). When the prefix
+  is someone else's now, only the stale owner file, and segments still carrying the dead run's
+  inodes, are removed. Prefixes without an owner file (made by other programs) are never touched.
+* **Runs that end leave nothing.** When the dataset goes away or the process exits, the local
+  leader removes its owner file and streaming's filelocks of its prefix (streaming leaves those
+  in the temp folder, which keeps the prefix number from ever being used again); streaming
+  unlinks the shared memory itself.
 
 We deliberately do not call ``streaming.base.util.clean_stale_shared_memory()``: it unlinks
 every prefix on the machine, including those of live jobs.
@@ -22,12 +32,14 @@ every prefix on the machine, including those of live jobs.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import fcntl
+import json
 import logging
 import os
 import tempfile
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Optional
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +50,9 @@ _SHM_DIR = '/dev/shm'
 _NAMES = ('locals', 'barrier', 'next_epoch', 'cache_usage', 'shard_states',
           'shard_access_times', 'resume', 'epoch_shape', 'epoch_data')
 _FILELOCKS = ('barrier_filelock', 'cache_filelock')
-_held: dict[int, int] = {}  # prefix -> fd of the owner lock this process holds
+# prefix -> (fd of the owner lock this process holds, pid that took it). Forked DataLoader workers
+# inherit this dict (and the fd); only the process that claimed a prefix releases its files.
+_held: dict[int, tuple[int, int]] = {}
 
 
 def _root() -> str:
@@ -113,7 +127,8 @@ def registration(is_local_leader: bool,
 
 
 def claim_prefix(prefix: int) -> None:
-    """Mark ``prefix`` as owned by this live process (call under ``registration``)."""
+    """Mark ``prefix`` as owned by this live process (call under ``registration``, right after
+    streaming created the prefix's segments)."""
     if prefix in _held:
         return
     fd = _open_lock(_owner_path(prefix))
@@ -124,27 +139,88 @@ def claim_prefix(prefix: int) -> None:
         # under the registration lock. Keep going without the claim.
         os.close(fd)
         return
-    _held[prefix] = fd
+    try:
+        record = json.dumps({'pid': os.getpid(), 'segments': _segment_ids(prefix)}).encode()
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, record, 0)
+    except OSError:  # a read-only owner file of another user: the claim still holds the lock
+        pass
+    if not _held:
+        atexit.register(_release_all)
+    _held[prefix] = (fd, os.getpid())
 
 
 def release_prefix(prefix: int) -> None:
-    """Drop this process's claim (the dataset that registered ``prefix`` is gone)."""
-    fd = _held.pop(prefix, None)
-    if fd is not None:
+    """Drop this process's claim (the dataset that registered ``prefix`` is gone): its owner
+    file and streaming's filelocks of the prefix are removed, the lock released."""
+    fd, pid = _held.pop(prefix, (None, None))
+    if fd is None:
+        return
+    if pid == os.getpid():
+        path = _owner_path(prefix)
         try:
-            os.close(fd)
+            if _same_file(fd, path):  # never a newer owner's file
+                for name in _FILELOCKS:
+                    _unlink(os.path.join(_root(), f'{prefix:06d}_{name}'))
+                _unlink(path)
         except OSError:
             pass
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def _release_all() -> None:
+    for prefix in list(_held):
+        release_prefix(prefix)
+
+
+def _same_file(fd: int, path: str) -> bool:
+    mine, there = os.fstat(fd), os.stat(path)
+    return (mine.st_dev, mine.st_ino) == (there.st_dev, there.st_ino)
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except (FileNotFoundError, PermissionError):
+        pass
+
+
+def _segment_ids(prefix: int) -> dict[str, list[int]]:
+    """{segment name: [st_dev, st_ino]} of the prefix's shared memory that exists now.
+
+    The inode identifies a segment for as long as it exists (tmpfs never reuses one in
+    practice); times do not: writes through the mapping change its ctime and mtime.
+    """
+    out = {}
+    for name in _NAMES:
+        try:
+            st = os.stat(os.path.join(_SHM_DIR, f'{prefix:06d}_{name}'))
+        except OSError:
+            continue
+        out[name] = [st.st_dev, st.st_ino]
+    return out
+
+
+def _recorded_segments(fd: int) -> Optional[dict[str, list[int]]]:
+    """The segment identities an owner file holds (None: unreadable, or written by an older foundry)."""
+    try:
+        record = json.loads(os.pread(fd, 1 << 16, 0) or b'null')
+        segments = record['segments']
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+    return segments if isinstance(segments, dict) else None
 
 
 def _existing_prefixes() -> list[int]:
-    if not os.path.isdir(_SHM_DIR):
-        return []
     found = set()
-    for name in os.listdir(_SHM_DIR):
-        head, _, tail = name.partition('_')
-        if len(head) == 6 and head.isdigit() and tail in _NAMES:
-            found.add(int(head))
+    if os.path.isdir(_SHM_DIR):
+        for name in os.listdir(_SHM_DIR):
+            head, _, tail = name.partition('_')
+            if len(head) == 6 and head.isdigit() and tail in _NAMES:
+                found.add(int(head))
     for name in os.listdir(_root()):
         head, _, tail = name.partition('_')
         if len(head) == 6 and head.isdigit() and tail in _FILELOCKS:
@@ -152,49 +228,91 @@ def _existing_prefixes() -> list[int]:
     return sorted(found)
 
 
-def prefix_in_use(prefix: int) -> bool | None:
-    """True if a live foundry process owns ``prefix``, False if its owner died, None if unknown."""
+def _owner_prefixes() -> list[int]:
+    out = []
+    for name in os.listdir(_owner_dir()):
+        head, dot, tail = name.partition('.')
+        if len(head) == 6 and head.isdigit() and dot and tail == 'lock':
+            out.append(int(head))
+    return out
+
+
+def _inspect(prefix: int) -> tuple[str, dict[str, list[int]]]:
+    """What ``prefix``'s owner file says, and the segments a dead owner recorded:
+
+    'live': a live foundry process owns it; 'dead': its foundry owner is gone and the prefix's
+    ``locals`` is still the one that owner created; 'stale': the owner is gone and the prefix is
+    not (or no longer) its memory, or the file holds no record; 'none': no owner file.
+    """
     if prefix in _held:
-        return True
+        return 'live', {}
     path = _owner_path(prefix)
     if not os.path.exists(path):
-        return None
-    fd = _open_lock(path)
+        return 'none', {}
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fd = _open_lock(path)
     except OSError:
-        return True
+        return 'none', {}
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return 'live', {}
+        recorded = _recorded_segments(fd)
     finally:
         os.close(fd)  # closing drops our probe lock
-    return False
+    if recorded is None:
+        return 'stale', {}
+    if 'locals' in recorded and _segment_ids(prefix).get('locals') == recorded['locals']:
+        return 'dead', recorded
+    return 'stale', recorded
+
+
+def prefix_in_use(prefix: int) -> bool | None:
+    """True if a live foundry process owns ``prefix``; False if its foundry owner died and the
+    prefix's memory is still what that owner created; None if unknown (not foundry's, or no
+    longer the dead owner's)."""
+    return {'live': True, 'dead': False}.get(_inspect(prefix)[0])
 
 
 def _remove_prefix(prefix: int) -> None:
     for name in _NAMES:
-        try:
-            os.unlink(os.path.join(_SHM_DIR, f'{prefix:06d}_{name}'))
-        except FileNotFoundError:
-            pass
+        _unlink(os.path.join(_SHM_DIR, f'{prefix:06d}_{name}'))
     for name in _FILELOCKS:
-        try:
-            os.unlink(os.path.join(_root(), f'{prefix:06d}_{name}'))
-        except FileNotFoundError:
-            pass
-    try:
-        os.unlink(_owner_path(prefix))
-    except FileNotFoundError:
-        pass
+        _unlink(os.path.join(_root(), f'{prefix:06d}_{name}'))
+    _unlink(_owner_path(prefix))
+
+
+def _remove_stale_owner(prefix: int, recorded: dict[str, list[int]]) -> None:
+    """The owner is gone and the prefix is not its memory any more: drop the owner file, and only
+    those segments that still carry the inodes the dead owner recorded (nobody else's)."""
+    now = _segment_ids(prefix)
+    for name, ident in recorded.items():
+        if name in _NAMES and now.get(name) == ident:
+            _unlink(os.path.join(_SHM_DIR, f'{prefix:06d}_{name}'))
+    if not now:
+        # No memory under the prefix at all, so no program is using it; its leftover filelocks
+        # (streaming never removes them) would keep the number from being used again.
+        for name in _FILELOCKS:
+            _unlink(os.path.join(_root(), f'{prefix:06d}_{name}'))
+    _unlink(_owner_path(prefix))
 
 
 def clean_dead_prefixes() -> list[int]:
-    """Remove the shared memory of prefixes whose foundry owner process is gone."""
-    removed = []
-    for prefix in _existing_prefixes():
-        if prefix_in_use(prefix) is False:
+    """Remove the shared memory of prefixes whose foundry owner process is gone (module doc)."""
+    removed, stale = [], []
+    for prefix in sorted(set(_existing_prefixes()) | set(_owner_prefixes())):
+        state, recorded = _inspect(prefix)
+        if state == 'dead':
             _remove_prefix(prefix)
             removed.append(prefix)
+        elif state == 'stale':
+            _remove_stale_owner(prefix, recorded)
+            stale.append(prefix)
     if removed:
         log.info('removed streaming shared memory left by killed runs: prefixes %s', removed)
+    if stale:
+        log.debug('removed owner files of runs that are gone whose prefix is not their memory now: %s', stale)
     return removed
 
 
