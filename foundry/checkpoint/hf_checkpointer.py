@@ -115,6 +115,7 @@ def _write_folder(model, tokenizer, weights: dict[str, torch.Tensor], out_dir: s
         tensors[name] = (tensor.to(dtype) if tensor.is_floating_point() else tensor).contiguous()
     save_file(tensors, os.path.join(out_dir, 'model.safetensors'), metadata={'format': 'pt'})
     setattr(config, DTYPE_KEY, dtype)
+    config.use_cache = True  # generate() in the exported folder reuses keys and values (training never asks)
     config.save_pretrained(out_dir)
     if tokenizer is not None:
         save_tokenizer(tokenizer, out_dir)

@@ -194,12 +194,18 @@ def load_for_conversion(name: str, kwargs: dict[str, Any] | None = None):
     return build_tokenizer(name, kwargs)
 
 
+# What a causal LM's forward takes. PreTrainedTokenizerFast's default adds token_type_ids, which
+# `model.generate(**tok(prompt, return_tensors='pt'))` then refuses as an unused model argument.
+CAUSAL_LM_INPUT_NAMES = ['input_ids', 'attention_mask']
+
+
 def save_tokenizer(tokenizer, folder: str) -> None:
-    """`tokenizer.save_pretrained(folder)`, loadable by transformers 4.x as well as 5.
+    """`tokenizer.save_pretrained(folder)`, loadable by transformers 4.x as well as 5, for a causal LM.
 
     transformers 5 records a plain tokenizers-backed tokenizer (what a tokenizer.json loads as) as
     `"tokenizer_class": "TokenizersBackend"`, a class 4.x does not have; in 5 that class is also
     exported as `PreTrainedTokenizerFast`, the name 4.x knows, so the folder records that one.
+    The folder also records `model_input_names` without token_type_ids (see CAUSAL_LM_INPUT_NAMES).
     """
     tokenizer.save_pretrained(folder)
     path = os.path.join(folder, 'tokenizer_config.json')
@@ -209,5 +215,6 @@ def save_tokenizer(tokenizer, folder: str) -> None:
         config = json.load(f)
     if config.get('tokenizer_class') == 'TokenizersBackend':
         config['tokenizer_class'] = 'PreTrainedTokenizerFast'
-        with open(path, 'w') as f:
-            json.dump(config, f, indent=2, ensure_ascii=False)
+    config['model_input_names'] = CAUSAL_LM_INPUT_NAMES
+    with open(path, 'w') as f:
+        json.dump(config, f, indent=2, ensure_ascii=False)

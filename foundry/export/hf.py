@@ -100,7 +100,10 @@ def _export_hf(checkpoint: str, source: str, out_dir: str, dtype: Optional[str],
 
     _rename_shards(out_dir, shard_files, weight_map)
     if target_dtype is not None:
+        # transformers 5 loads the folder in this dtype by default; 4.x when asked with torch_dtype='auto'.
         setattr(config, DTYPE_KEY, target_dtype)
+    # Runs train with use_cache off; whoever generates from the folder wants the KV cache (2x faster).
+    config.use_cache = True
     config.save_pretrained(out_dir)
     save_tokenizer(AutoTokenizer.from_pretrained(meta_dir), out_dir)
     print(f'exported {len(weight_map)} tensors ({total / 2**20:.1f} MiB) from '
