@@ -68,8 +68,17 @@ def _human(n: int) -> str:
     return str(n)
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse's usage-plus-error on a bad argument, as one line (its subcommands' parsers inherit it)."""
+
+    def error(self, message: str):
+        from foundry.user_errors import argparse_error
+
+        argparse_error(self.prog, message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog='foundry', description='Pretrain MPT-style language models.')
+    parser = _OneLineParser(prog='foundry', description='Pretrain MPT-style language models.')
     sub = parser.add_subparsers(dest='command', required=True)
     info = sub.add_parser('info', help='parameters, FLOPs per token and data streams of a training YAML')
     info.add_argument('yaml')
@@ -101,7 +110,15 @@ def main(argv: Optional[list[str]] = None) -> int:
         return args.func(args)
     except (ConfigError, DataError) as e:
         kind = 'config error' if isinstance(e, ConfigError) else 'data error'
-        print(f'foundry: {kind}: {e}', file=sys.stderr)
+        print(f'foundry: {kind}: {" ".join(str(e).split())}', file=sys.stderr)
+        return 2
+    except Exception as e:  # an object store refusing, say: one line naming the fix (foundry/user_errors.py)
+        from foundry.user_errors import runtime_fault
+
+        message = runtime_fault(e)
+        if message is None:
+            raise
+        print(f'foundry: {message}', file=sys.stderr)
         return 2
 
 

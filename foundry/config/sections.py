@@ -52,13 +52,18 @@ def check_model(section: dict[str, Any]) -> None:
 
 def check_named_section(section: Mapping[str, Any], path: str, key_table: Mapping[str, Mapping[str, Any]]) -> None:
     """A section like `optimizer:` whose `name` picks the valid keys for the rest."""
+    from foundry.config.registry_keys import REQUIRED_KEYS
+
     _require_name(section, path, key_table)
     body = {k: v for k, v in section.items() if k != 'name'}
     check_keys(body, key_table[section['name']], path)
+    for key in REQUIRED_KEYS.get(path, {}).get(section['name'], ()):
+        if body.get(key) is None:
+            raise ConfigError(f'missing required key `{path}.{key}` ({path} {section["name"]!r} needs it)')
 
 
 def check_loader(section: Mapping[str, Any], path: str) -> None:
-    from foundry.data.text_dataset import STREAM_KEYS, TEXT_DATASET_KEYS, TEXT_LOADER_KEYS
+    from foundry.data.loader_keys import STREAM_KEYS, TEXT_DATASET_KEYS, TEXT_LOADER_KEYS
 
     _require_name(section, path, {'text': None})
     loader = {k: v for k, v in section.items() if k != 'name'}
@@ -84,11 +89,13 @@ def check_registry_map(section: Mapping[str, Any], path: str, key_table: Mapping
 
 
 def check_sections(cfg: TrainConfig) -> None:
-    from foundry.callbacks import CALLBACK_KEYS
-    from foundry.loggers import LOGGER_KEYS
-    from foundry.optim.builders import OPTIMIZER_KEYS, SCHEDULER_KEYS
+    # Static copies of the registries' key tables: reading them off the builders would import torch and
+    # Composer (tests/config/test_registry_keys.py keeps the copies equal). The model, whose rules need
+    # MPTConfig (torch, transformers), is checked last, so every other mistake is reported without those.
+    from foundry.config.model_check import check_model_config, check_vocab_against_tokenizer
+    from foundry.config.registry_keys import CALLBACK_KEYS, LOGGER_KEYS, OPTIMIZER_KEYS, SCHEDULER_KEYS
+    from foundry.config.rules import check_values
 
-    check_model(cfg.model)
     check_named_section(cfg.optimizer, 'optimizer', OPTIMIZER_KEYS)
     check_named_section(cfg.scheduler, 'scheduler', SCHEDULER_KEYS)
     check_loader(cfg.train_loader, 'train_loader')
@@ -98,6 +105,10 @@ def check_sections(cfg: TrainConfig) -> None:
     check_registry_map(cfg.loggers, 'loggers', LOGGER_KEYS, 'logger')
     check_icl(cfg)
     _check_consistency(cfg)
+    check_values(cfg)
+    check_model(cfg.model)
+    check_model_config(cfg.model)
+    check_vocab_against_tokenizer(cfg.model, cfg.tokenizer.name)
 
 
 def check_icl(cfg: TrainConfig) -> None:

@@ -147,6 +147,40 @@ def _convert_or_fail(args: argparse.Namespace, make_source: Callable[[int], obje
     from foundry.data.convert import convert
     from foundry.data.tokenizer import load_for_conversion
 
+    out = output_dir(args.out_root, args.split)
+    created = _first_missing_folder(out) if '://' not in out else None
+    try:
+        _convert(args, make_source, out, prog, convert, load_for_conversion)
+    except BaseException:
+        if created is not None:
+            _remove_if_nothing_finished(created)
+        raise
+
+
+def _first_missing_folder(path: str) -> str | None:
+    """The outermost folder of `path` that does not exist yet (what this conversion would create), or None."""
+    path = os.path.abspath(path)
+    if os.path.exists(path):
+        return None
+    while not os.path.exists(os.path.dirname(path)) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    return path
+
+
+def _remove_if_nothing_finished(out: str) -> None:
+    """A refused conversion leaves no output folder behind, unless a part finished (a rerun resumes from it)."""
+    import shutil
+
+    if not os.path.isdir(out):
+        return
+    for _, _, files in os.walk(out):
+        if 'done.json' in files or 'index.json' in files:
+            return
+    shutil.rmtree(out, ignore_errors=True)
+
+
+def _convert(args: argparse.Namespace, make_source: Callable[[int], object], out: str, prog: str | None,
+             convert, load_for_conversion) -> None:
     try:
         kwargs = json.loads(args.tokenizer_kwargs) if args.tokenizer_kwargs else None
         if kwargs is not None and not isinstance(kwargs, dict):
@@ -156,7 +190,7 @@ def _convert_or_fail(args: argparse.Namespace, make_source: Callable[[int], obje
             raise DataError(f'--workers must be >= 0, got {args.workers}.')
         tokenizer = load_for_conversion(args.tokenizer, kwargs)
         source = make_source(parse_size(args.part_size))
-        convert(source, output_dir(args.out_root, args.split), tokenizer, args.concat_tokens,
+        convert(source, out, tokenizer, args.concat_tokens,
                 bos_text=args.bos_text, eos_text=args.eos_text, no_wrap=args.no_wrap,
                 compression=args.compression, workers=args.workers,
                 strict_utf8=args.strict_utf8, fast_bpe=args.fast_bpe,

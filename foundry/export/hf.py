@@ -68,7 +68,9 @@ def _export_hf(checkpoint: str, source: str, out_dir: str, dtype: Optional[str],
 
     # Resolve first (a remote checkpoint is downloaded with its run's hf_meta beside it); the
     # checkpoint, file or folder, sits directly in the save folder that holds hf_meta.
+    check_out_dir(out_dir)
     local = resolve_local_checkpoint(source)
+    check_whole_checkpoint(checkpoint, local)
     if meta_dir is None:
         try:
             meta_dir = find_run_meta(local)
@@ -78,7 +80,60 @@ def _export_hf(checkpoint: str, source: str, out_dir: str, dtype: Optional[str],
             meta_dir = find_run_meta(checkpoint)  # e.g. a symlink into another folder
     config = MPTConfig.from_pretrained(meta_dir)
     target_dtype = DTYPES[dtype] if dtype else None
+    created = not os.path.exists(out_dir)
     os.makedirs(out_dir, exist_ok=True)
+    try:
+        return _write_hf_folder(checkpoint, source, local, out_dir, config, meta_dir, target_dtype, max_shard_bytes)
+    except BaseException:
+        if created:  # a refused or interrupted export leaves no half-written folder behind
+            import shutil
+
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
+
+
+def check_out_dir(out_dir: str) -> None:
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise CheckpointError(f'OUT_DIR {out_dir} is a file; give the path of a folder to write (it is created)')
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    if not os.path.isdir(parent):
+        raise CheckpointError(f'OUT_DIR {out_dir}: its parent folder {parent} does not exist')
+
+
+def check_whole_checkpoint(given: str, local: str) -> None:
+    """Refuse what is not one whole checkpoint (a save folder, a `.incomplete` one, a truncated file) by name."""
+    from foundry.checkpoint.layout import LocalSaveFolder, local_checkpoint_problem
+
+    name = os.path.basename(local.rstrip('/'))
+    if name.endswith('.incomplete'):
+        raise CheckpointError(f'{given} was set aside by autoresume as an incomplete checkpoint (a save that was '
+                              f'interrupted); export a whole one{_newest_hint(os.path.dirname(local))}')
+    if os.path.isdir(local) and not os.path.exists(os.path.join(local, '.metadata')):
+        folder = LocalSaveFolder(local)
+        if folder.checkpoints() or os.path.isdir(os.path.join(local, META_DIRNAME)):
+            raise CheckpointError(f'{given} is a save folder, not a checkpoint: pass one of its checkpoints'
+                                  f'{_newest_hint(local)}')
+    problem = local_checkpoint_problem(local)
+    if problem is not None:
+        raise CheckpointError(f'{given} is not a whole checkpoint: {problem}{_newest_hint(os.path.dirname(local))}')
+
+
+def _newest_hint(save_folder: str) -> str:
+    from foundry.checkpoint.layout import LocalSaveFolder
+
+    try:
+        newest, _ = LocalSaveFolder(save_folder).newest_whole()
+    except Exception:  # a hint only; the error stands without it
+        return ''
+    return f' (the newest whole one here is {newest.location})' if newest is not None else ''
+
+
+def _write_hf_folder(checkpoint: str, source: str, local: str, out_dir: str, config, meta_dir: str, target_dtype,
+                     max_shard_bytes: int) -> str:
+    from safetensors.torch import save_file
+    from transformers import AutoTokenizer
+
+    from foundry.models.mpt.configuration import DTYPE_KEY
 
     tied = getattr(config, 'tie_word_embeddings', True)
     weight_map: dict[str, str] = {}

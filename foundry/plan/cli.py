@@ -17,6 +17,11 @@ class _IntermixedParser(argparse.ArgumentParser):
 
     _intermixing = False
 
+    def error(self, message: str):
+        from foundry.user_errors import argparse_error
+
+        argparse_error(self.prog, message)
+
     def parse_known_args(self, args=None, namespace=None):
         if self._intermixing:  # parse_known_intermixed_args calls back into this method
             return super().parse_known_args(args, namespace)
@@ -55,6 +60,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from foundry.plan.planner import plan
     from foundry.plan.report import format_plan, plan_to_json
 
+    check_plan_arguments(args)
     assumptions = Assumptions(reserved_gib=args.reserved_gib, ckpt_node_gbps=args.ckpt_node_gbps,
                               ckpt_storage_gbps=args.ckpt_storage_gbps, restart_overhead_s=args.restart_s)
     cfg = load_config(args.yaml, args.overrides)
@@ -64,13 +70,29 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_plan_arguments(args: argparse.Namespace) -> None:
+    """Ranges argparse's types do not check: a negative micro-batch would plan negative memory and time."""
+    from foundry.config.errors import ConfigError
+
+    positive = {'--gpus': args.gpus, '--gpus-per-node': args.gpus_per_node, '--micro-batch': args.micro_batch,
+                '--ckpt-node-gbps': args.ckpt_node_gbps, '--ckpt-storage-gbps': args.ckpt_storage_gbps}
+    for flag, value in positive.items():
+        if value is not None and not value > 0:
+            raise ConfigError(f'{flag} is {value:g}; it must be greater than zero')
+    for flag, value in {'--reserved-gib': args.reserved_gib, '--restart-s': args.restart_s}.items():
+        if not value >= 0:
+            raise ConfigError(f'{flag} is {value:g}; it must be zero or more')
+    if args.mfu is not None and not 0 < args.mfu <= 1:
+        raise ConfigError(f'--mfu is {args.mfu:g}; give the model-FLOPs utilisation as a fraction in (0, 1], e.g. 0.4')
+
+
 def add_plan_parser(subparsers) -> argparse.ArgumentParser:
     """Add `plan` to a `foundry` subparsers object; the parser calls `args.func(args)`."""
     parser = subparsers.add_parser(
         'plan', help='memory, throughput, duration and checkpoint cost of a YAML on a cluster',
         description='Estimate per-GPU memory, the largest micro-batch, tokens/s, time to max_duration '
                     'and checkpoint/failure costs, without building the model.')
-    if type(parser) is argparse.ArgumentParser:
+    if not isinstance(parser, _IntermixedParser):
         parser.__class__ = _IntermixedParser  # adds behaviour only, no state
     add_arguments(parser)
     parser.set_defaults(func=cmd_plan)

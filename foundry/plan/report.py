@@ -122,7 +122,12 @@ def format_plan(p: Plan, source: str = '') -> str:
         f'{"sharded, " + str(ck.writing_nodes) + " node(s) writing" if ck.sharded else "written by rank 0"} '
         f'at {ck.bandwidth_gbps:g} GB/s -> {human_duration(ck.write_s)} per save')
     if ck.interval_s:
-        overhead = f', {ck.write_overhead:.2%} of training' if ck.write_overhead is not None else ''
+        overhead = ''
+        if ck.write_overhead is not None and ck.write_overhead < 1:
+            overhead = f'; each save ({human_duration(ck.write_s)}) adds {ck.write_overhead:.2%} to that training time'
+        elif ck.write_overhead is not None:
+            overhead = (f'; each save ({human_duration(ck.write_s)}) takes {ck.write_overhead:,.1f}x that training '
+                        f'time: raise save_interval')
         add(f'  save every   {ck.interval_text} = {human_duration(ck.interval_s)}{overhead}')
         kept = ''
         if ck.count is not None:

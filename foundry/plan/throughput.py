@@ -117,6 +117,8 @@ def parse_span(value: Union[str, int], tokens_per_batch: int, seq_len: int,
 def human_duration(seconds: Optional[float]) -> str:
     if seconds is None:
         return 'unknown'
+    if seconds < 1:  # tiny models on big clusters: '0 s' would hide a save that costs more than training
+        return f'{seconds * 1000:.3g} ms'
     if seconds < 120:
         return f'{seconds:.0f} s'
     if seconds < 2 * 3600:
