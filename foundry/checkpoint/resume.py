@@ -105,6 +105,7 @@ class CheckpointSetup:
     start: StartPlan
     rng: ResumeRNG
     extra: list[Callback] = field(default_factory=list)
+    publish_meta: Optional[Any] = None  # writes {save_folder}/hf_meta; called at the end of finish_start
 
     @property
     def trainer_kwargs(self) -> dict[str, Any]:
@@ -130,16 +131,30 @@ def prepare_checkpointing(cfg, plan, mpt_config, tokenizer) -> CheckpointSetup:
 
     faults.install_from_env()
     save_folder = format_name_with_dist(cfg.save_folder, plan.run_name) if cfg.save_folder else None
-    start = _on_rank_zero(lambda: plan_start(cfg, plan.autoresume, save_folder, checkpoint_kind(cfg)))
+    from foundry.checkpoint.start_checks import check_start
+
+    # check_start: a finished run, or a checkpoint of another shape, is refused before any Trainer exists.
+    start = _on_rank_zero(lambda: check_start(plan_start(cfg, plan.autoresume, save_folder, checkpoint_kind(cfg)),
+                                              cfg, mpt_config))
     for line in start.lines:
         log.info('%s', line)
-    if save_folder and dist.get_global_rank() == 0:
-        from foundry.checkpoint.meta import publish_run_meta
-
-        where = publish_run_meta(save_folder, mpt_config, tokenizer)
-        log.info('model config and tokenizer written to %s', where)
     extra = [DataFingerprint()] if os.environ.get(DataFingerprint.ENV) == '1' else []
-    return CheckpointSetup(start=start, rng=ResumeRNG(), extra=extra)
+    if cfg.save_folder and getattr(cfg, 'save_async', False):
+        from foundry.checkpoint.async_save import build_async_saver
+
+        extra.append(build_async_saver(cfg))  # the Trainer takes it as its checkpoint saver
+    setup = CheckpointSetup(start=start, rng=ResumeRNG(), extra=extra)
+    if save_folder and dist.get_global_rank() == 0:
+        # Written by finish_start, once the Trainer (loggers, load_path) started: a refused run leaves no hf_meta.
+        setup.publish_meta = lambda: publish_run_meta_logged(save_folder, mpt_config, tokenizer)
+    return setup
+
+
+def publish_run_meta_logged(save_folder: str, mpt_config, tokenizer) -> None:
+    from foundry.checkpoint.meta import publish_run_meta
+
+    where = publish_run_meta(save_folder, mpt_config, tokenizer)
+    log.info('model config and tokenizer written to %s', where)
 
 
 def finish_start(setup: CheckpointSetup, trainer) -> None:
@@ -183,6 +198,8 @@ def finish_start(setup: CheckpointSetup, trainer) -> None:
         count = load_weights(state.model.model, source, f'{kind} {start.weights}')
         log.info('loaded %d tensors from the %s %s (weights only; optimizer, schedule and data start fresh)', count,
                  kind, start.weights)
+    if setup.publish_meta is not None:
+        setup.publish_meta()
 
 
 def plan_start(cfg, autoresume: bool, save_folder: Optional[str], kind: str) -> StartPlan:

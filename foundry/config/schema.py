@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Optional, Union
 
 from foundry.config.errors import ConfigError
+from foundry.config.long_runs import LossGuardConfig, PreemptionConfig, WatchdogConfig, check_long_run_config
 
 TimeString = Union[str, int]  # '100ba', '1ep', '10000tok', '0.1dur', or a number of batches
 
@@ -113,6 +114,8 @@ class TrainConfig:
     save_num_checkpoints_to_keep: int = -1
     save_overwrite: bool = False
     save_weights_only: bool = False
+    # Sharded checkpoints written by a background thread while training goes on (foundry/checkpoint/async_save.py).
+    save_async: bool = False
     load_path: Optional[str] = None
     load_weights_only: bool = False
     # None means: on whenever run_name and save_folder are both set (llm-foundry leaves it off).
@@ -126,6 +129,10 @@ class TrainConfig:
     eval_gauntlet: Optional[Union[str, dict[str, Any]]] = None
     icl_subset_num_batches: int = -1
     icl_seq_len: Optional[int] = None
+    # Long runs (foundry/config/long_runs.py): signals, loss spikes and non-finite values, hangs.
+    preemption: PreemptionConfig = field(default_factory=PreemptionConfig)
+    loss_guard: LossGuardConfig = field(default_factory=LossGuardConfig)
+    watchdog: WatchdogConfig = field(default_factory=WatchdogConfig)
 
     UNSUPPORTED_KEYS = {
         'icl_tasks_str': 'give icl_tasks a list, or a path to a YAML that lists them under icl_tasks:',
@@ -153,3 +160,11 @@ class TrainConfig:
                 check_compile_config(self.compile_config)
             except ValueError as e:
                 raise ConfigError(str(e)) from None
+        check_long_run_config(self)
+        if self.save_async:
+            if self.fsdp_config is None or self.fsdp_config.state_dict_type != 'sharded':
+                raise ConfigError('`save_async: true` writes sharded checkpoints in the background: set '
+                                  '`fsdp_config.state_dict_type: sharded`, or `save_async: false`')
+            if self.save_folder and '://' in self.save_folder:
+                raise ConfigError(f'`save_async: true` needs a local `save_folder` for now; {self.save_folder!r} is an '
+                                  f'object store: set `save_async: false` there')
