@@ -16,6 +16,8 @@ from typing import Any, Optional, Union
 import torch
 from transformers import PretrainedConfig
 
+from foundry import FoundryWarning
+
 from .foreign_keys import check_foreign_keys, split_foreign_keys
 
 # Every supported `attn_config` key with its default. The YAML loader validates user keys against
@@ -390,7 +392,7 @@ def resolve_flash_impl(requested: str, attn_pdrop: float) -> str:
     warnings.warn(f"attn_config.attn_impl {requested!r} needs {package}; running attn_impl {chosen!r} "
                   f"(the same attention{', torch flex_attention' if chosen == 'flex' else ', torch SDPA'}). "
                   "Install flash-attn (pip install flash-attn --no-build-isolation) or set attn_impl: flex "
-                  "or torch to choose explicitly.", stacklevel=3)
+                  "or torch to choose explicitly.", FoundryWarning, stacklevel=3)
     return chosen
 
 
