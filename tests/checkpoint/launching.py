@@ -69,10 +69,11 @@ def hf_init(data_root: str) -> str:
 class Job:
     """One `composer -n N launch/train.py ...` in its own process group, output to a log file."""
 
-    def __init__(self, args: list[str], log_path: str, nproc: int = 2, env: Optional[dict] = None):
+    def __init__(self, args: list[str], log_path: str, nproc: int = 2, env: Optional[dict] = None,
+                 launcher: Optional[list[str]] = None):
         self.log_path = log_path
         self.started = time.time()
-        cmd = [COMPOSER, '-n', str(nproc), os.path.join(REPO, 'launch', 'train.py'), TINY_YAML, *args]
+        cmd = [*(launcher or [COMPOSER]), '-n', str(nproc), os.path.join(REPO, 'launch', 'train.py'), TINY_YAML, *args]
         self._log = open(log_path, 'w')
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO,
                                      env={**os.environ, **ENV, **(env or {})}, start_new_session=True)
