@@ -4,8 +4,9 @@
    small BPE tokenizer on them, and convert both to MDS (skipped when already built).
 2. Train yamls/pretrain/demo.yaml with the real Composer launcher on 2 CPU processes
    (FSDP2, LION, sharded checkpoints).
-3. Summarise: first and last loss, tokens/s, where the checkpoint is, and a sample of
-   text from the trained model (exported to a Hugging Face folder on the way).
+3. Summarise: first and last loss, tokens/s, where the checkpoint is, the last ICL smoke-task
+   scores and gauntlet score, a sample of text from the trained model (exported to a Hugging
+   Face folder on the way), and a plot of the run (demo_out/plot.png).
 
 Extra `key=value` arguments are passed to the training config, e.g.
 `python launch/demo.py max_duration=50ba`.
@@ -67,8 +68,20 @@ def summarise(train_seconds: float) -> None:
     print(f'sharded checkpoint   : {os.path.realpath(latest) if os.path.exists(latest) else checkpoint_dir}')
     print(f'Hugging Face folder  : {hf_dir}')
     print(f'metrics (JSON lines) : {os.path.join(OUT, "runs", "demo", "metrics.jsonl")}')
+    icl_batches = [b for b, m in metrics.items() if any(k.startswith('icl/') for k in m)]
+    if icl_batches:
+        icl = {k: v for k, v in metrics[max(icl_batches)].items() if k.startswith('icl/')}
+        scores = ', '.join(f'{k[4:].replace("/accuracy", "")} {100 * v:.1f}%' for k, v in icl.items()
+                           if k.endswith('/accuracy'))
+        gauntlet = ', '.join(f'{k[len("icl/gauntlet/"):]} {v:.3f}' for k, v in icl.items() if k.startswith('icl/gauntlet/'))
+        print(f'ICL (smoke tasks)    : {scores}')
+        print(f'gauntlet             : {gauntlet}  (0 = chance; eval/yamls/smoke_gauntlet.yaml)')
     print('sample:')
     print('  ' + generate_sample(hf_dir).replace('\n', '\n  '))
+    from foundry.plot import plot_runs
+
+    plot = plot_runs([os.path.join(OUT, 'runs', 'demo')], os.path.join(OUT, 'plot.png'), title='make demo')
+    print(f'plot                 : {plot}')
     print('======================================================')
 
 
