@@ -23,7 +23,10 @@ def cmd_info(args: argparse.Namespace) -> int:
     from foundry.models.flops import flops_per_token
     from foundry.models.pretrained import model_config_from_section
 
-    cfg = load_config(args.yaml, args.overrides)
+    from foundry.config.rules import check_environment
+
+    cfg = load_config(args.yaml, args.overrides)  # the pass training runs before launch: any error exits 2
+    check_environment(cfg)
     model_cfg = {k: v for k, v in cfg.model.items() if k not in ('name', 'loss_fn')}
     mpt_config = model_config_from_section(model_cfg)
     n_params = count_parameters(mpt_config)

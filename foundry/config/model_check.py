@@ -53,6 +53,9 @@ def _key_named(message: str, model: dict[str, Any]) -> Optional[str]:
     for section, defaults in (('attn_config', ATTN_CONFIG_DEFAULTS), ('init_config', INIT_CONFIG_DEFAULTS)):
         candidates.update({k: f'{section}.{k}' for k in defaults if k not in ('name', 'verbose')})
     candidates['init_config.name'] = 'init_config.name'
+    dotted = re.search(r'(?<![\w.])(attn_config|init_config)\.(\w+)', message)
+    if dotted and dotted.group(0) in candidates.values():
+        return f'model.{dotted.group(0)}'
     found = []
     for bare, full in candidates.items():
         match = re.search(rf'(?<!\w){re.escape(bare)}(?!\w)', message)

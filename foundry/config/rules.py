@@ -233,3 +233,35 @@ def _number(value: Any, path: str, low: Optional[float] = None, high: Optional[f
     if high is not None and value >= high:
         raise ConfigError(f'`{path}` is {value}; it must be below {high:g}')
     return float(value)
+
+
+def check_environment(cfg: TrainConfig) -> None:
+    """What this machine must provide for the config (training and `foundry info`, not `foundry plan`)."""
+    if 'wandb' in (cfg.loggers or {}):
+        _check_wandb_credentials()
+    autoresume = cfg.autoresume if cfg.autoresume is not None else bool(cfg.run_name and cfg.save_folder)
+    if cfg.load_path and '://' not in cfg.load_path and not autoresume and not os.path.exists(cfg.load_path):
+        # With autoresume on, a run that has its own checkpoints ignores load_path, which may be gone by then.
+        raise ConfigError(f'`load_path` {cfg.load_path} does not exist; give a checkpoint (folder or .pt file) or a '
+                          f'Hugging Face folder, local or s3://')
+
+
+def _check_wandb_credentials() -> None:
+    """wandb with neither a key nor an offline mode fails inside Composer's Trainer; say so before launch."""
+    mode = os.environ.get('WANDB_MODE', '').lower()
+    if mode in ('offline', 'disabled', 'dryrun') or os.environ.get('WANDB_API_KEY') \
+            or os.environ.get('WANDB_IDENTITY_TOKEN_FILE') or os.environ.get('WANDB_DISABLED', '').lower() == 'true':
+        return
+    import netrc
+    from urllib.parse import urlparse
+
+    host = urlparse(os.environ.get('WANDB_BASE_URL', 'https://api.wandb.ai')).hostname or 'api.wandb.ai'
+    path = os.environ.get('NETRC') or os.path.expanduser('~/.netrc')
+    try:
+        if netrc.netrc(path).authenticators(host):
+            return
+    except (OSError, netrc.NetrcParseError):
+        pass
+    raise ConfigError(f'`loggers.wandb`: no Weights & Biases credentials here (no WANDB_API_KEY, no {host} entry in '
+                      f'{path}); run `wandb login` or set WANDB_API_KEY, or set WANDB_MODE=offline (sync later with '
+                      f'`wandb sync`) or WANDB_MODE=disabled, or remove loggers.wandb')
