@@ -8,7 +8,8 @@ nothing). A problem is a non-finite loss or gradient norm, or, with `spike_sigma
 the mean of the last `window` accepted batches by `spike_sigmas` standard deviations. Then:
 
 * `warn`: log it; the update is applied;
-* `skip`: the update is dropped (the optimizer does not step; the learning-rate schedule still moves);
+* `skip`: the update is dropped (every gradient is removed before the optimizer step, which then
+  leaves every parameter and its optimizer state as they were; the learning-rate schedule still moves);
 * `rollback`: the update is dropped, the model and optimizer are restored from the last checkpoint
   (`latest-rank0.pt` in the local save folder, sharded), and the next `skip_batches` batches are
   read and run but not applied: their data is skipped, as PaLM did after its spikes. The batch
@@ -79,7 +80,6 @@ class LossGuard(Callback):
         self.rolled_back_at: Optional[int] = None
         self._loss_sum: Optional[torch.Tensor] = None
         self._microbatches = 0
-        self._suppressed: list[torch.optim.Optimizer] = []
 
     # -- checkpointed state ----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -144,12 +144,6 @@ class LossGuard(Callback):
                     problem, checkpoint, restored_batch, self.skip_batches)
         logger.log_metrics({'loss_guard/skipped': 1, 'loss_guard/rolled_back_to': restored_batch})
 
-    def batch_end(self, state: State, logger: Logger) -> None:
-        del state, logger  # unused
-        for optimizer in self._suppressed:
-            del optimizer.step  # the class's step again
-        self._suppressed = []
-
     # -- helpers -----------------------------------------------------------------------------------
     def _global_values(self, state: State) -> tuple[float, float]:
         """(mean loss over ranks, gradient norm): one all-reduce; NaN/inf on any rank shows on all."""
@@ -173,10 +167,13 @@ class LossGuard(Callback):
         # Replicated gradients (HSDP, no sharding) count once per replica: exact enough for a finiteness test.
         return total_loss / dist.get_world_size(), math.sqrt(total_sq) if total_sq >= 0 else math.nan
 
-    def _drop_update(self, state: State) -> None:
-        for optimizer in state.optimizers:
-            optimizer.step = _skipped_step  # this batch only; batch_end puts the class's step back
-            self._suppressed.append(optimizer)
+    @staticmethod
+    def _drop_update(state: State) -> None:
+        # Optimizers leave a parameter without a gradient untouched (no momentum, no weight decay).
+        # This runs before `optimizer.step()` updates, also when Composer calls step(closure) and the
+        # backward pass (with this event) happens inside it.
+        for p in state.model.parameters():
+            p.grad = None
 
     def _latest_checkpoint(self) -> Optional[str]:
         if not self.save_folder:
@@ -187,21 +184,18 @@ class LossGuard(Callback):
         return os.path.realpath(pointer)
 
 
-def _skipped_step(*args, **kwargs) -> None:
-    del args, kwargs  # the update of a rejected batch is not applied
-    return None
-
-
 def _restore(state: State, logger: Logger, checkpoint: str) -> int:
-    """Load model and optimizer (only) from a sharded checkpoint into the live, sharded state."""
+    """Load model and optimizer (only) from a sharded checkpoint into the live, sharded state; its batch."""
+    import re
+
     import torch.distributed.checkpoint as dcp
 
-    wanted = {'state': {'model': state.get_model_state_dict(), 'optimizers': state.get_optim_state_dict(),
-                        'timestamp': state.timestamp.state_dict()}}
+    wanted = {'state': {'model': state.get_model_state_dict(), 'optimizers': state.get_optim_state_dict()}}
     dcp.load(wanted, checkpoint_id=checkpoint)
     state.load_model_state(wanted['state'], logger, strict=True)
     state.load_optim_state(wanted['state'], strict=True)
-    return int(wanted['state']['timestamp']['batch'])
+    match = re.search(r'ba(\d+)', os.path.basename(checkpoint.rstrip('/')))
+    return int(match.group(1)) if match else -1
 
 
 class InjectNaN(Callback):
@@ -214,7 +208,7 @@ class InjectNaN(Callback):
 
     def after_loss(self, state: State, logger: Logger) -> None:
         del logger  # unused
-        if int(state.timestamp.batch) == self.batch:
+        if int(state.timestamp.batch) == self.batch:  # every microbatch of it
             log.warning('fault injection (%s): the loss of batch %d is NaN', INJECT_ENV, self.batch)
             state.loss = state.loss * float('nan')
 
