@@ -13,7 +13,7 @@ from typing import Any, Mapping
 from foundry.data.errors import DataError
 
 __all__ = ['TEXT_LOADER_KEYS', 'TEXT_DATASET_KEYS', 'STREAM_KEYS', 'TOKEN_ENCODING_TYPES',
-           'with_defaults']
+           'FINETUNING_LOADER_KEYS', 'FINETUNING_DATASET_KEYS', 'with_defaults']
 
 # Keys of the loader section itself (besides `name: text`), passed to torch's DataLoader.
 TEXT_LOADER_KEYS: dict[str, Any] = {
@@ -68,6 +68,39 @@ STREAM_KEYS: dict[str, Any] = {
     'download_timeout': None,
     'validate_hash': None,
     'keep_zip': None,
+}
+
+# `name: finetuning` (foundry/data/finetuning/): the same loader keys, and llm-foundry's
+# finetuning dataset keys. Data comes from `hf_name` (a file, folder or `datasets` name) or
+# from MDS written by data_prep/convert_finetuning_dataset.py (`remote`/`local`).
+FINETUNING_LOADER_KEYS: dict[str, Any] = dict(TEXT_LOADER_KEYS)
+
+FINETUNING_DATASET_KEYS: dict[str, Any] = {
+    'hf_name': None,            # .jsonl/.json/.parquet file, folder, datasets builder or hub name
+    'hf_kwargs': None,          # passed to datasets.load_dataset (e.g. data_files)
+    'remote': None,             # MDS from convert_finetuning_dataset.py
+    'local': None,
+    'split': None,
+    'max_seq_len': None,        # required
+    'decoder_only_format': True,  # MPT is decoder-only; false (encoder-decoder) is refused
+    'allow_pad_trimming': False,  # cut each batch to its longest row
+    'shuffle': False,
+    'shuffle_seed': 9176,
+    'packing_ratio': None,      # examples per row: a number >= 1 or 'auto'; unset: no packing
+    'target_prompts': 'none',   # none | all | length>=N
+    'target_responses': 'last',  # last | all
+    'preprocessing_fn': None,   # 'package.module:function' mapping a raw row to prompt/response
+    'chat_template': None,      # Jinja template for `messages`; default: the tokenizer's, else ChatML
+    'overlong': 'truncate',     # examples over max_seq_len: truncate | drop | error
+    # streaming.StreamingDataset arguments for MDS data:
+    'predownload': None,
+    'cache_limit': None,
+    'download_retry': 2,
+    'download_timeout': 60.0,
+    'num_canonical_nodes': None,
+    'shuffle_algo': 'py1e',
+    'shuffle_block_size': None,
+    'epoch_size': None,
 }
 
 TOKEN_ENCODING_TYPES = ('int8', 'int16', 'int32', 'int64', 'uint8', 'uint16', 'uint32', 'uint64')

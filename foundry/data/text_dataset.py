@@ -460,8 +460,12 @@ def build_text_dataloader(loader_cfg: Mapping[str, Any], tokenizer: PreTrainedTo
     """
     loader_cfg = _plain(loader_cfg)
     name = loader_cfg.get('name', 'text')
+    if name == 'finetuning':
+        from foundry.data.finetuning.loader import build_finetuning_dataloader
+
+        return build_finetuning_dataloader(loader_cfg, tokenizer, device_batch_size)
     if name != 'text':
-        raise DataError(f"loader name {name!r} is not supported; use name: text.")
+        raise DataError(f"loader name {name!r} is not supported; use name: text or finetuning.")
     loader = with_defaults({k: v for k, v in loader_cfg.items() if k != 'name'},
                            TEXT_LOADER_KEYS, 'loader')
     if loader['dataset'] is None:
