@@ -11,19 +11,29 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable
 
-from .flops import count_parameters, flops_per_sequence, flops_per_token, matmul_parameters
-from .mpt import ATTN_CONFIG_DEFAULTS, INIT_CONFIG_DEFAULTS, MPTConfig, MPTForCausalLM
 from .mpt.loss import DEFAULT_LOSS_FN, LOSS_FNS
 
 if TYPE_CHECKING:
     from .composer_model import ComposerMPTCausalLM
+    from .flops import count_parameters, flops_per_sequence, flops_per_token, matmul_parameters
+    from .mpt import ATTN_CONFIG_DEFAULTS, INIT_CONFIG_DEFAULTS, MPTConfig, MPTForCausalLM
+
+# Imported on first use: the config check before launch needs MPTConfig alone, and the modeling code
+# (attention kernels, transformers' masking utilities, dynamo) takes most of a process's import time.
+_LAZY = {
+    "ComposerMPTCausalLM": ".composer_model",
+    "count_parameters": ".flops", "flops_per_sequence": ".flops", "flops_per_token": ".flops",
+    "matmul_parameters": ".flops",
+    "ATTN_CONFIG_DEFAULTS": ".mpt.configuration", "INIT_CONFIG_DEFAULTS": ".mpt.configuration",
+    "MPTConfig": ".mpt.configuration", "MPTForCausalLM": ".mpt.modeling",
+}
 
 
 def __getattr__(name: str):
-    if name == "ComposerMPTCausalLM":
-        from .composer_model import ComposerMPTCausalLM
+    if name in _LAZY:
+        import importlib
 
-        return ComposerMPTCausalLM
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
