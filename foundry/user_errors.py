@@ -115,7 +115,7 @@ def _object_store_fault(exc: BaseException, text: str) -> str:
         fix = 'the store cannot be reached: check S3_ENDPOINT_URL and the network'
     else:
         fix = 'check the s3:// path, credentials and S3_ENDPOINT_URL'
-    return f'object store error: {text[:300]}; {fix}'
+    return f'object store error ({text[:300]}): {fix}'
 
 
 def argparse_error(prog: str, message: str) -> None:

@@ -268,7 +268,15 @@ def _plan_load_path(cfg, start: StartPlan, kind: str) -> None:
 
     path = cfg.load_path
     if is_remote(path):
-        local = _maybe_remote_hf_folder(path)
+        try:
+            local = _maybe_remote_hf_folder(path)
+        except Exception as e:  # credentials, a missing bucket: one line naming load_path (foundry/user_errors.py)
+            from foundry.user_errors import runtime_fault
+
+            message = runtime_fault(e)
+            if message is None:
+                raise
+            raise CheckpointError(f'load_path {path}: {message}') from e
         if local is not None:
             start.weights = local
             start.lines.append(f'load_path: {path} is a Hugging Face folder (downloaded to {local}); its weights are '

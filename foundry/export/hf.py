@@ -54,8 +54,17 @@ def export_hf(checkpoint: str, out_dir: str, dtype: Optional[str] = None, meta_d
 
     from foundry.export.remote import download_checkpoint
 
+    check_out_dir(out_dir)
     with tempfile.TemporaryDirectory(prefix='foundry-export-') as tmp:
-        local = download_checkpoint(checkpoint, tmp)
+        try:
+            local = download_checkpoint(checkpoint, tmp)
+        except Exception as e:  # credentials, a missing bucket or key: one line naming the checkpoint
+            from foundry.user_errors import runtime_fault
+
+            message = runtime_fault(e)
+            if message is None:
+                raise
+            raise CheckpointError(f'{checkpoint}: {message}') from e
         return _export_hf(checkpoint, local, out_dir, dtype, meta_dir, max_shard_bytes)
 
 

@@ -13,6 +13,7 @@ import importlib.util
 import os
 import shutil
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Callable, Optional
 
 import pytest
@@ -28,6 +29,7 @@ class Case:
     expect: tuple[str, ...]  # substrings of the one line: the key or file named, and the fix
     setup: Optional[Callable[['Env'], None]] = None
     left_behind: Optional[str] = None  # a path (with {tmp}) that must not exist after the refusal
+    s3: bool = False  # runs against the moto S3 endpoint (tests/conftest.py)
 
 
 @dataclass
@@ -169,6 +171,8 @@ EXPORT = [
     Case('export without hf_meta', 'export', ('{tmp}/lone/ep0-ba2', '{tmp}/out'), ('hf_meta', '--meta'),
          setup=lambda env: shutil.copytree(f'{env.run}/checkpoints/ep0-ba2', f'{env.tmp}/lone/ep0-ba2'),
          left_behind='{tmp}/out'),
+    Case('export from a missing bucket', 'export', ('s3://no-such-bucket/ck/ep0-ba2', '{tmp}/out'),
+         ('s3://no-such-bucket/ck/ep0-ba2', 'bucket does not exist'), left_behind='{tmp}/out', s3=True),
     Case('export bad dtype', 'export', ('{run}/checkpoints/ep0-ba2', '{tmp}/out', '--dtype', 'fp8'), ('--dtype',)),
 ]
 
@@ -195,6 +199,9 @@ RESUME = [
     Case('load_path of another shape', 'resume', ('run_folder={tmp}/r', 'save_folder={tmp}/c', 'max_duration=4ba',
                                                   'load_path={run}/checkpoints/ep0-ba2', 'model.d_model=64'),
          ('load_path', 'transformer.wte.weight', '[512, 32]', 'model.d_model=32'), left_behind='{tmp}/c'),
+    Case('load_path in a missing bucket', 'resume', ('run_folder={tmp}/r', 'save_folder={tmp}/c', 'max_duration=4ba',
+                                                    'autoresume=false', 'load_path=s3://no-such-bucket/ck/ep0-ba2'),
+         ('load_path s3://no-such-bucket/ck/ep0-ba2', 'bucket does not exist'), left_behind='{tmp}/c', s3=True),
     Case('resume with another shape', 'resume', ('max_duration=4ba', 'model.n_layers=3'),
          ('save_folder', 'model.n_layers=2 where this config has 3')),
 ]
@@ -265,8 +272,11 @@ def run_case(case: Case, env: Env) -> int:
 
 
 @pytest.mark.parametrize('case', CASES, ids=[c.id for c in CASES])
-def test_bad_input_gets_one_line_naming_it(case, tiny_data, finished_run, tmp_path, monkeypatch, capsys):  # noqa: F811
+def test_bad_input_gets_one_line_naming_it(case, tiny_data, finished_run, tmp_path, monkeypatch, capsys,  # noqa: F811
+                                           request):
     env = Env(data=tiny_data, tmp=str(tmp_path), run=finished_run, monkeypatch=monkeypatch)
+    if case.s3:
+        request.getfixturevalue('s3_endpoint')
     monkeypatch.setenv('WANDB_MODE', 'offline')  # this machine's own settings never decide a case
     monkeypatch.delenv('WORLD_SIZE', raising=False)
     if case.setup is not None:
@@ -287,3 +297,35 @@ def test_bad_input_gets_one_line_naming_it(case, tiny_data, finished_run, tmp_pa
         assert env.fill(expected) in errors[0], (expected, errors[0])
     if case.left_behind:
         assert not os.path.exists(env.fill(case.left_behind)), f'{env.fill(case.left_behind)} was left behind'
+
+
+def test_runtime_faults_become_one_line_naming_the_fix():
+    """What main() does with faults met after launch (here the real exception classes, raised by their libraries)."""
+    import botocore.exceptions
+    import wandb.errors
+
+    from foundry.user_errors import runtime_fault
+
+    message = runtime_fault(wandb.errors.UsageError('No API key configured. Use `wandb login` to log in.'))
+    assert '`loggers.wandb`' in message and 'WANDB_MODE=offline' in message and '\n' not in message
+    message = runtime_fault(botocore.exceptions.NoCredentialsError())
+    assert 'object store error' in message and 'AWS_ACCESS_KEY_ID' in message
+    mismatch = RuntimeError('Error(s) in loading state_dict for MPTForCausalLM:\n\tsize mismatch for '
+                            'transformer.wte.weight: copying a param with shape torch.Size([512, 32]) from checkpoint, '
+                            'the shape in current model is torch.Size([512, 64]).')
+    message = runtime_fault(mismatch, SimpleNamespace(load_path='/ck/ep0-ba2', save_folder=None))
+    assert '/ck/ep0-ba2' in message and 'transformer.wte.weight' in message and '\n' not in message
+    assert runtime_fault(ZeroDivisionError('a bug')) is None  # a bug keeps its traceback
+
+
+def test_runtime_fault_traceback_goes_to_the_run_folder(tmp_path, monkeypatch):
+    from foundry.user_errors import write_traceback
+
+    monkeypatch.setenv('RANK', '1')
+    try:
+        raise RuntimeError('deep inside')
+    except RuntimeError as e:
+        path = write_traceback(e, str(tmp_path / 'run'))
+    assert path == str(tmp_path / 'run' / 'error-rank1.log')
+    text = open(path).read()
+    assert 'Traceback (most recent call last)' in text and 'RuntimeError: deep inside' in text
