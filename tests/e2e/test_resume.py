@@ -77,6 +77,35 @@ def test_sigkill_anywhere_then_same_command_gives_the_uninterrupted_losses(refer
     assert os.readlink(checkpoints / 'latest-rank0.pt') == 'ep0-ba8'
 
 
+def test_sigkill_during_a_background_write_keeps_the_previous_latest(reference, tiny_data, tmp_path):
+    """save_async: true. The write of checkpoint 4 hangs in the background (data written, no .metadata) while
+    training goes on; the job is SIGKILLed; the same command resumes from checkpoint 2 with the same losses."""
+    args = overrides(tiny_data, str(tmp_path), None, 'save_async=true')
+    metrics = str(tmp_path / 'run' / 'metrics.jsonl')
+    checkpoints = tmp_path / 'checkpoints'
+    marker = tmp_path / 'hanging'
+    job = Job(args, str(tmp_path / 'log1.txt'), env={'FOUNDRY_FAULT': 'hang_in_save:4',
+                                                     'FOUNDRY_FAULT_MARKER': str(marker)})
+    job.wait_for(marker.exists, 'the background write of checkpoint 4 hanging')
+    # Training does not wait for it: batches 4 and 5 train (the save at 6 then waits for the write at 4).
+    # Batch 4's line is complete once batch 5 logs its first metric.
+    job.wait_for(lambda: 4 in logged_batches(metrics), 'batch 4 trained while checkpoint 4 was being written')
+    job.kill()
+    assert sorted(p.name for p in (checkpoints / 'ep0-ba4').iterdir()) == ['__0_0.distcp', '__1_0.distcp']
+    assert os.readlink(checkpoints / 'latest-rank0.pt') == 'ep0-ba2'  # never moved to the unfinished one
+
+    again = run(args, str(tmp_path / 'log2.txt'))
+    log = again.log()
+    assert f'{checkpoints / "ep0-ba4"} is incomplete (no .metadata' in log
+    assert f'autoresume: on; resuming from {checkpoints / "ep0-ba2"} (batch 2)' in log
+    resumed = losses(metrics)
+    print(side_by_side('per-batch loss, save_async: killed during the background write of checkpoint 4',
+                       {'uninterrupted (sync)': reference.losses, 'async, killed+resumed': resumed}))
+    assert resumed == reference.losses
+    assert os.readlink(checkpoints / 'latest-rank0.pt') == 'ep0-ba8'
+    assert all((checkpoints / f'ep0-ba{b}' / '.metadata').exists() for b in (2, 4, 6, 8))
+
+
 def _parsed(raw: str):
     try:
         return json.loads(raw)
