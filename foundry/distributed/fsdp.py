@@ -96,6 +96,11 @@ def _foundry_fsdp2_config_class():
         data_parallel_shard_degree: int = -1
         data_parallel_replicate_degree: Optional[int] = None
 
+        def __post_init__(self):
+            # FSDP2Config's only __post_init__ work is a warning that the API is experimental: foundry pins
+            # Composer and tests this path, so it is nothing a user could act on (printed on every run).
+            pass
+
     FoundryFSDP2Config.__module__ = __name__
     FoundryFSDP2Config.__qualname__ = FoundryFSDP2Config.__name__
     return FoundryFSDP2Config

@@ -88,7 +88,12 @@ def iter_model_tensors(path: str, max_bytes: int = 1 << 30) -> Iterator[dict[str
 
 
 def _load_group(path, names, loader) -> dict[str, torch.Tensor]:
-    loaded = loader(keys={SHARDED_PREFIX + n for n in names}, checkpoint_id=path)
+    import warnings
+
+    with warnings.catch_warnings():
+        # Reading in one process without a process group is what export means to do; torch warns about it.
+        warnings.filterwarnings('ignore', message='torch.distributed is (disabled, )?unavailable or uninitialized')
+        loaded = loader(keys={SHARDED_PREFIX + n for n in names}, checkpoint_id=path)
     flat = _flatten(loaded)
     return {n: flat[SHARDED_PREFIX + n] for n in names}
 
