@@ -101,17 +101,30 @@ def fit(ctx: list[int], cont: list[int], max_seq_len: int) -> tuple[list[int], l
 def build_items(task: ICLTaskConfig, examples: list[dict[str, Any]], k: int, tokenizer,
                 max_seq_len: int) -> list[Item]:
     """Every example of the task at k shots, tokenized and fitted to max_seq_len."""
-    return [build_item(task, examples, i, k, tokenizer, max_seq_len) for i in range(len(examples))]
+    budget = generation_budget(task, examples, tokenizer)
+    return [build_item(task, examples, i, k, tokenizer, max_seq_len, budget) for i in range(len(examples))]
+
+
+def generation_budget(task: ICLTaskConfig, examples: list[dict[str, Any]], tokenizer) -> int:
+    """Tokens to generate for every example of a generation task: the longest answer or alias in the task
+    (tokenized on its own) plus `generation_extra_tokens`, as llm-foundry sizes it. 0 for other types."""
+    if task.icl_task_type != 'generation_task_with_answers':
+        return 0
+    answers = [a for ex in examples for a in (ex['answer'], *ex.get('aliases', []))]
+    return max(len(ids) for ids in tokenizer(answers, add_special_tokens=False)['input_ids']) + task.generation_extra_tokens
 
 
 def build_item(task: ICLTaskConfig, examples: list[dict[str, Any]], index: int, k: int, tokenizer,
-               max_seq_len: int) -> Item:
+               max_seq_len: int, generation_tokens: Optional[int] = None) -> Item:
     example = examples[index]
     prefix = prompt_prefix(examples, index, k, task)
     kind, delim = task.icl_task_type, task.continuation_delimiter
     item = Item(index=index, requests=[], gold=int(example.get('gold', 0)), category=example.get('category'))
     if kind == 'generation_task_with_answers':
-        return _generation_item(item, example, prefix + example['context'] + delim, task, tokenizer, max_seq_len)
+        if generation_tokens is None:
+            generation_tokens = generation_budget(task, examples, tokenizer)
+        return _generation_item(item, example, prefix + example['context'] + delim, tokenizer, max_seq_len,
+                                generation_tokens)
     if kind == 'language_modeling':
         pairs = [(prefix + example['context'] + delim, example['continuation'])]
     elif kind == 'multiple_choice':
@@ -137,13 +150,11 @@ def build_item(task: ICLTaskConfig, examples: list[dict[str, Any]], index: int, 
     return item
 
 
-def _generation_item(item: Item, example: dict, context: str, task: ICLTaskConfig, tokenizer,
-                     max_seq_len: int) -> Item:
+def _generation_item(item: Item, example: dict, context: str, tokenizer, max_seq_len: int,
+                     generation_tokens: int) -> Item:
     item.answers = [example['answer'], *example.get('aliases', [])]
     item.prompt_text = [context]
-    longest = max(len(tokenizer(a, add_special_tokens=False)['input_ids']) for a in item.answers)
-    # The answer usually starts with the delimiter's space; generate a little past the longest answer.
-    item.max_new_tokens = longest + task.generation_extra_tokens
+    item.max_new_tokens = generation_tokens
     # Trailing whitespace stays with the answer, as in encode_pair: a byte-level BPE writes ' word' as one
     # token, so a prompt ending in a lone space token would start the model off out of distribution.
     ctx = tokenizer(context.rstrip() or context, add_special_tokens=False)['input_ids']

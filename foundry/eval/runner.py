@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from foundry.eval.metrics import aggregate, judge_generation, judge_logliks
-from foundry.eval.prompts import Item, build_item
+from foundry.eval.prompts import Item, build_item, generation_budget
 from foundry.eval.scoring import ModelRunner, forwards_in, generate_greedy, plan_batches, score_full, score_shared
 from foundry.eval.tasks import ICLTaskConfig, load_examples
 
@@ -100,7 +100,9 @@ def _evaluate_one(runner: ModelRunner, tokenizer, task: LoadedTask, k: int, sett
     n = len(task.examples)
     if settings.subset_num_batches > 0:
         n = min(n, settings.subset_num_batches * batch_size * coll.world_size)
-    own = [build_item(cfg, task.examples, i, k, tokenizer, max_seq_len) for i in range(coll.rank, n, coll.world_size)]
+    budget = generation_budget(cfg, task.examples, tokenizer)
+    own = [build_item(cfg, task.examples, i, k, tokenizer, max_seq_len, budget)
+           for i in range(coll.rank, n, coll.world_size)]
     kind = PASS_KIND[cfg.icl_task_type]
     if kind == 'shared' and not settings.share_context:
         kind = 'full'
