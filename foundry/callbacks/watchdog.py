@@ -10,7 +10,8 @@ that do not say which rank was the cause. With `watchdog.timeout_s` set, each ra
   TCP key-value store every rank already talks to; no collective, so it works while they hang);
 * when its rank has made no progress for `timeout_s`, claims the hang (the first rank to do so),
   and names the culprit from the heartbeats: a rank whose heartbeat stopped (its process or node is
-  gone), else the rank furthest behind (the others wait for it inside a collective);
+  gone), else, among the ranks whose main thread is not waiting inside torch.distributed (the
+  others wait for a peer in a collective), the one furthest behind;
 * on the claim, every rank writes its Python stacks, all threads (faulthandler), to
   `{run_folder}/hang-<time>/rank<N>.txt` and publishes where its main thread is;
 * global rank 0 prints one line naming the culprit rank and what it was doing (the same line is in
@@ -53,9 +54,9 @@ _DOING = {
     Event.FIT_START: 'fetching batch {b} from the data loader',
     Event.EPOCH_START: 'fetching batch {b} from the data loader',
     Event.BATCH_END: 'in the end-of-batch work after batch {p} (callbacks, evaluation)',
-    Event.BATCH_CHECKPOINT: 'fetching batch {b} from the data loader (or saving the checkpoint of batch {p})',
+    Event.BATCH_CHECKPOINT: 'after batch {p}',
     Event.EPOCH_END: 'ending the epoch after batch {p}',
-    Event.EPOCH_CHECKPOINT: 'fetching batch {b} from the data loader (or saving the checkpoint of batch {p})',
+    Event.EPOCH_CHECKPOINT: 'after batch {p}',
     Event.AFTER_DATALOADER: 'starting batch {b}',
     Event.BATCH_START: 'starting batch {b}',
     Event.BEFORE_TRAIN_BATCH: 'in the forward pass of batch {b}',
@@ -72,11 +73,25 @@ _DOING = {
 def main_thread_where() -> str:
     """`path:line in function` of the innermost frame the main thread is running (site-packages and the
     working directory stripped from the path)."""
+    return main_thread_activity()['where']
+
+
+def main_thread_activity() -> dict[str, Any]:
+    """Where the main thread is, and what that says: waiting in a collective, loading data, saving a checkpoint."""
     frame = sys._current_frames().get(threading.main_thread().ident)
     if frame is None:
-        return 'an unknown place (no main thread)'
-    last = traceback.extract_stack(frame)[-1]
-    return f'{_short(last.filename)}:{last.lineno} in {last.name}'
+        return {'where': 'an unknown place (no main thread)', 'waiting': False, 'stage': None}
+    stack = traceback.extract_stack(frame)
+    last = stack[-1]
+    files = [f.filename.replace(os.sep, '/') for f in stack]
+    # Innermost frames in torch.distributed: this rank waits for its peers (a collective, FSDP's gather).
+    waiting = any('torch/distributed/' in f for f in files[-3:])
+    stage = None
+    if any('/checkpoint' in f for f in files):
+        stage = 'checkpoint'
+    elif any(m in f for f in files for m in ('torch/utils/data/', 'streaming/', 'foundry/data/')):
+        stage = 'data'
+    return {'where': f'{_short(last.filename)}:{last.lineno} in {last.name}', 'waiting': waiting, 'stage': stage}
 
 
 def _short(path: str) -> str:
@@ -95,6 +110,7 @@ class Watchdog(Callback):
         self.interval = max(0.2, min(timeout_s / 4, 10.0))
         self._position = (time.monotonic(), 0, Event.FIT_START)
         self._stop = threading.Event()
+        self._ending = False
         self._thread: Optional[threading.Thread] = None
         self._store = None
         self.rank, self.world, self.local_rank = 0, 1, 0
@@ -133,10 +149,9 @@ class Watchdog(Callback):
             try:
                 self._beat()
                 if self._store is not None and self._store.check(['hang']):
-                    self._end(json.loads(self._store.get('hang')))
-                since, batch, event = self._position
-                if time.monotonic() - since > self.timeout_s and not self._stop.is_set():
-                    self._claim()
+                    return self._end(json.loads(self._store.get('hang')))
+                if self._idle() > self.timeout_s and not self._stop.is_set():
+                    return self._claim()
             except Exception as e:  # noqa: BLE001 - the store may be gone (its node died): act alone
                 if self._stop.is_set():
                     return
@@ -148,13 +163,17 @@ class Watchdog(Callback):
             return
         since, batch, event = self._position
         self._store.set(f'hb/{self.rank}', json.dumps({'batch': batch, 'event': event.value, 'wall': time.time(),
-                                                        'idle': time.monotonic() - since}))
+                                                        'idle': self._idle(), **main_thread_activity()}))
+
+    def _idle(self) -> float:
+        return time.monotonic() - self._position[0]
 
     def _claim(self) -> None:
         stamp = time.strftime('%Y%m%d-%H%M%S')
         if self._store is None:
-            self._end({'culprit': self.rank, 'why': self._describe(*self._position[1:], idle=self._idle()),
-                       'stamp': stamp})
+            since, batch, event = self._position
+            return self._end({'culprit': self.rank, 'stamp': stamp,
+                              'why': _describe(batch, event, main_thread_activity(), self._idle())})
         if self._store.add('claim', 1) == 1:
             culprit, why = self._find_culprit()
             self._store.set('hang', json.dumps({'culprit': culprit, 'why': why, 'stamp': stamp}))
@@ -164,9 +183,6 @@ class Watchdog(Callback):
                 raise RuntimeError('another rank claimed the hang but published nothing')
             time.sleep(0.1)
         self._end(json.loads(self._store.get('hang')))
-
-    def _idle(self) -> float:
-        return time.monotonic() - self._position[0]
 
     def _find_culprit(self) -> tuple[int, str]:
         beats: dict[int, Optional[dict[str, Any]]] = {}
@@ -181,51 +197,55 @@ class Watchdog(Callback):
             if b is None:
                 return r, 'sent no heartbeat at all (its process or node is gone?)'
             return r, (f'sent no heartbeat for {now - b["wall"]:.0f}s (its process or node is gone?); it was last '
-                       + self._describe(b['batch'], Event(b['event'])))
-        behind = min(beats, key=lambda r: (beats[r]['batch'], _ORDER.get(Event(beats[r]['event']), 99)))
-        b = beats[behind]
-        return behind, self._describe(b['batch'], Event(b['event']), idle=b['idle'] + (now - b['wall']))
-
-    @staticmethod
-    def _describe(batch: int, event: Event, idle: Optional[float] = None) -> str:
-        doing = _DOING.get(event, f'in {event.value} (batch {{b}})').format(b=batch, p=batch - 1)
-        return f'made no progress for {idle:.0f}s, {doing}' if idle is not None else doing
+                       + _describe(b['batch'], Event(b['event']), b))
+        # Ranks waiting in a collective wait for the others: the culprit is a rank that is not, the one
+        # furthest behind among them.
+        live = {r: b for r, b in beats.items() if b is not None}
+        candidates = [r for r, b in live.items() if not b['waiting']] or list(live)
+        behind = min(candidates, key=lambda r: (live[r]['batch'], _ORDER.get(Event(live[r]['event']), 99)))
+        b = live[behind]
+        return behind, _describe(b['batch'], Event(b['event']), b, b['idle'] + (now - b['wall']))
 
     def _end(self, hang: dict[str, Any]) -> None:
         """Dump this rank's stacks, publish where it is, and leave (global rank 0 prints the one line)."""
+        if self._ending:
+            return
+        self._ending = True
         folder = os.path.join(self.run_folder, f'hang-{hang["stamp"]}')
-        os.makedirs(folder, exist_ok=True)
-        where = main_thread_where()
-        since, batch, event = self._position
-        with open(os.path.join(folder, f'rank{self.rank}.txt'), 'w') as f:
-            f.write(f'rank {self.rank} (pid {os.getpid()}): batch {batch}, last event {event.value} '
-                    f'{self._idle():.0f}s ago; main thread in {where}\n\n')
-            f.flush()
-            faulthandler.dump_traceback(f, all_threads=True)
-        culprit = int(hang['culprit'])
-        if self._store is not None:
-            self._store.set(f'where/{self.rank}', where)
-        line = self._summary(hang, folder, where if culprit == self.rank else None)
-        if self.rank == 0 or self._store is None:
-            with open(os.path.join(folder, 'summary.txt'), 'w') as f:
-                f.write(line + '\n')
+        line = f'foundry: hang: rank {hang["culprit"]} {hang["why"]}; ending the job (exit status {self.exit_code})'
+        try:
+            os.makedirs(folder, exist_ok=True)
+            since, batch, event = self._position
+            activity = main_thread_activity()
+            with open(os.path.join(folder, f'rank{self.rank}.txt'), 'w') as f:
+                f.write(f'rank {self.rank} (pid {os.getpid()}): batch {batch}, last event {event.value} '
+                        f'{self._idle():.0f}s ago; main thread in {activity["where"]}\n\n')
+                f.flush()
+                faulthandler.dump_traceback(f, all_threads=True)
+            line = (f'foundry: hang: rank {hang["culprit"]} {hang["why"]}; every rank\'s Python stacks are in '
+                    f'{folder}/; ending the job (exit status {self.exit_code})')
             if self._store is not None:
-                self._store.set('summary', line)
-        elif self.local_rank == 0:
-            line = self._wait_for('summary', 10) or line
+                self._store.set(f'dumped/{self.rank}', '1')
+            if self.rank == 0 and self._store is not None:
+                # Rank 0 hosts the store: it stays until every rank has dumped (a dead one never will).
+                deadline = time.monotonic() + max(5.0, 3 * self.interval)
+                while time.monotonic() < deadline and not self._store.check([f'dumped/{r}' for r in range(self.world)]):
+                    time.sleep(0.1)
+            if self.rank == 0 or self._store is None:
+                with open(os.path.join(folder, 'summary.txt'), 'w') as f:
+                    f.write(line + '\n')
+                if self._store is not None:
+                    self._store.set('summary', line)
+            elif self.local_rank == 0:
+                line = self._wait_for('summary', 10) or line
+        except Exception as e:  # noqa: BLE001 - leave anyway
+            log.warning('watchdog: could not write every stack dump (%s)', e)
         if self.local_rank == 0:
             print(line, file=sys.stderr, flush=True)
             logging.shutdown()
             os._exit(self.exit_code)
         time.sleep(2)  # let local rank 0 exit first: the launcher reports the first rank to end
         os.kill(os.getpid(), signal.SIGKILL)
-
-    def _summary(self, hang: dict[str, Any], folder: str, own_where: Optional[str]) -> str:
-        culprit = int(hang['culprit'])
-        where = own_where or (self._wait_for(f'where/{culprit}', 5) if self._store is not None else None)
-        at = f' (at {where})' if where else ''
-        return (f'foundry: hang: rank {culprit} {hang["why"]}{at}; every rank\'s Python stacks are in {folder}/; '
-                f'ending the job (exit status {self.exit_code})')
 
     def _wait_for(self, key: str, seconds: float) -> Optional[str]:
         deadline = time.monotonic() + seconds
@@ -234,6 +254,19 @@ class Watchdog(Callback):
                 return self._store.get(key).decode()
             time.sleep(0.1)
         return None
+
+
+def _describe(batch: int, event: Event, activity: dict[str, Any], idle: Optional[float] = None) -> str:
+    if activity.get('stage') == 'data':
+        doing = f'fetching batch {batch} from the data loader'
+    elif activity.get('stage') == 'checkpoint':
+        doing = f'saving the checkpoint of batch {batch}'
+    else:
+        doing = _DOING.get(event, f'in {event.value} (batch {{b}})').format(b=batch, p=batch - 1)
+    if activity.get('waiting'):
+        doing += ', waiting for the other ranks'
+    doing += f' (at {activity["where"]})'
+    return f'made no progress for {idle:.0f}s, {doing}' if idle is not None else doing
 
 
 class Stall(Callback):
