@@ -9,6 +9,7 @@ and in a packed row the token before an example's first belongs to another examp
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -18,6 +19,8 @@ from foundry.data.finetuning.packing import choose_bins
 from foundry.data.finetuning.tokenize import IGNORE_INDEX, labels_for
 
 __all__ = ['FinetuningCollator']
+
+log = logging.getLogger(__name__)
 
 
 class FinetuningCollator:
@@ -37,7 +40,8 @@ class FinetuningCollator:
         self.target_responses = target_responses
         self.rows = rows
         self.allow_pad_trimming = allow_pad_trimming
-        self.waiting: list[Mapping[str, Any]] = []
+        self.waiting: list[Mapping[str, Any]] = []  # examples packed into no row yet
+        self._warned = False
         # Running totals for the padding actually trained on (logged by the loader's callers).
         self.real_tokens = 0
         self.slots = 0
@@ -52,6 +56,12 @@ class FinetuningCollator:
             chosen, leftover = choose_bins(lengths, self.rows, self.max_seq_len)
             groups = [[items[i] for i in b] for b in chosen]
             self.waiting = [items[i] for i in leftover]
+            if len(self.waiting) > 4 * max(1, len(examples)) and not self._warned:
+                self._warned = True
+                log.warning('packing: %d examples are waiting for a row (%d read per batch): '
+                            'packing_ratio is too high for these lengths, so examples are '
+                            'delayed and, at the end, not trained on. Lower it or use auto.',
+                            len(self.waiting), len(examples))
         return self._batch(groups)
 
     def _batch(self, groups: list[list[Mapping[str, Any]]]) -> dict[str, torch.Tensor]:

@@ -63,7 +63,7 @@ def convert_finetuning(hf_name: str, out: str, tokenizer: Any, *, split: str | N
         chat_template=chat_template, stats=stats)
     columns = COLUMNS(len(tokenizer))
     dtype = np.dtype(columns['input_ids'].split(':')[1])
-    created = not out.startswith('s3://') and not os.path.exists(out)
+    created = None if out.startswith('s3://') else _first_missing_folder(out)
     if not out.startswith('s3://') and os.path.isdir(out) and os.listdir(out):
         raise DataError(f'{out} is not empty; convert into a new folder (or remove it).')
     tokens = 0
@@ -77,11 +77,20 @@ def convert_finetuning(hf_name: str, out: str, tokenizer: Any, *, split: str | N
     except BaseException:
         if created:
             import shutil
-            shutil.rmtree(out, ignore_errors=True)
+            shutil.rmtree(created, ignore_errors=True)
         raise
     if stats.kept == 0:
         raise DataError(f'{hf_name} holds no usable examples ({stats.summary(max_seq_len)}).')
     return ConvertSummary(out=out, stats=stats, tokens=tokens, seconds=time.time() - start)
+
+
+def _first_missing_folder(path: str) -> str | None:
+    """The outermost folder on the way to ``path`` that does not exist yet (removed on failure)."""
+    path = os.path.abspath(path)
+    missing = None
+    while not os.path.exists(path):
+        missing, path = path, os.path.dirname(path)
+    return missing
 
 
 def finetuning_dataset_class():

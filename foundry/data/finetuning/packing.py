@@ -101,7 +101,7 @@ def auto_packing_ratio(lengths: Sequence[int], rows: int, max_seq_len: int, seed
     candidates, r = [], 1.0
     while r <= top + 1e-9:
         candidates.append(round(r, 2))
-        r += 0.25 if r < 4 else (1.0 if r < 16 else 4.0)
+        r += 0.25 if r < 8 else (1.0 if r < 16 else 4.0)
     sims = [simulate(lengths, rows, c, max_seq_len) for c in candidates]
     best = min(sims, key=lambda s: (round(s.waste, 4), s.ratio))
     return best.ratio, sims
