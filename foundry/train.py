@@ -109,6 +109,7 @@ def train(cfg: TrainConfig):
     from composer.utils import dist, reproducibility
 
     from foundry.callbacks import build_callbacks
+    from foundry.callbacks.long_runs import LongRun
     from foundry.checkpoint.resume import finish_start, prepare_checkpointing
     from foundry.data.text_dataset import build_text_dataloader
     from foundry.data.tokenizer import build_tokenizer
@@ -121,6 +122,8 @@ def train(cfg: TrainConfig):
     from foundry.startup import read_cpu_model_without_a_subprocess
 
     plan = plan_run(cfg)
+    # SIGTERM/SIGUSR1/Ctrl-C stop after the batch with a checkpoint; loss guard; hang watchdog.
+    long_run = LongRun(cfg, plan)
     read_cpu_model_without_a_subprocess()  # 1.1 s off every rank's start (foundry/startup.py)
     logging.basicConfig(format='%(asctime)s: rank%(rank)s[%(process)d] %(levelname)s %(name)s: %(message)s'
                         .replace('%(rank)s', str(dist.get_global_rank())))
@@ -164,7 +167,7 @@ def train(cfg: TrainConfig):
     # logged here; and the model config + tokenizer written to {save_folder}/hf_meta (local or remote).
     checkpointing = prepare_checkpointing(cfg, plan, model.model.config, tokenizer)
     loggers = build_loggers(cfg.loggers) + [JSONLinesLogger(os.path.join(plan.run_folder, 'metrics.jsonl'))]
-    callbacks = build_callbacks(cfg.callbacks) + checkpointing.callbacks
+    callbacks = build_callbacks(cfg.callbacks) + checkpointing.callbacks + long_run.callbacks()
     if cfg.icl_tasks:
         from foundry.eval.callback import build_icl_evaluator
 
@@ -219,6 +222,7 @@ def train(cfg: TrainConfig):
         # rank's local shards: HSDP replicas (same shard coordinate) must end with identical ones.
         log.info('%s', describe_layout(trainer.state.model, trainer.state.device_mesh))
     trainer.fit()
+    long_run.finish(trainer)  # after a stop on a signal: RunStopped (message, exit status) for main()
     if parallelism is not None:
         log.info('rank %d: local parameter shards after fit: fingerprint %s', dist.get_global_rank(),
                  local_shard_fingerprint(trainer.state.model))
@@ -234,11 +238,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     import sys
 
     from foundry.config.load import load_config
+    from foundry.stopping import RunStopped, leave_after_local_rank_zero, restore_signals, stop_on_signals_during_startup
 
     args = sys.argv[1:] if argv is None else argv
     if not args or args[0] in ('-h', '--help'):
         print('usage: composer launch/train.py YAML [key=value ...]', file=sys.stderr)
         return 2
+    previous_handlers = stop_on_signals_during_startup()
     try:
         cfg = load_config(args[0], args[1:])
         train(cfg)
@@ -247,6 +253,15 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f'foundry: {kind}: {e}', file=sys.stderr)
         _let_local_rank_zero_exit_first()
         return 2
+    except KeyboardInterrupt:  # preemption.enabled: false (otherwise Ctrl-C ends in RunStopped)
+        print('foundry: interrupted (Ctrl-C); run the same command to resume from the last checkpoint', file=sys.stderr)
+        return 130
+    except RunStopped as e:  # a signal: foundry/stopping.py, foundry/callbacks/preemption.py
+        print(f'foundry: {e}', file=sys.stderr, flush=True)
+        leave_after_local_rank_zero()
+        return e.exit_code
+    finally:
+        restore_signals(previous_handlers)
     return 0
 
 
