@@ -9,13 +9,14 @@
 #   LOCAL_WORLD_SIZE  processes (GPUs) on this node
 #
 # Usage:   launch/env/train.sh [--dry-run] YAML [key=value ...]
-# Runs:    composer --world_size $WORLD_SIZE --node_rank $NODE_RANK --nproc $LOCAL_WORLD_SIZE
+# Runs:    python -m foundry.launch --world_size $WORLD_SIZE --node_rank $NODE_RANK --nproc $LOCAL_WORLD_SIZE
 #                   --master_addr $MASTER_ADDR --master_port $MASTER_PORT launch/train.py YAML [key=value ...]
 # Options (environment):
 #   FOUNDRY_DRY_RUN=1   print the composer command line instead of running it (same as --dry-run)
 #   FOUNDRY_LOG_DIR=d   keep every rank's stdout/stderr in d/rank{rank}.{stdout,stderr}.txt (composer
 #                       discards them for all but local rank 0 otherwise)
-#   COMPOSER=path       the composer launcher to run (default: `composer` on PATH)
+#   COMPOSER=path       the launcher to run (default: `python -m foundry.launch`, Composer's launcher with
+#                       SIGTERM/SIGUSR1 passed on to the ranks, which checkpoint and exit with status 75)
 set -euo pipefail
 
 prog=launch/env/train.sh
@@ -50,8 +51,8 @@ yaml=$1
 [[ -f "$yaml" ]] || die "config file not found: $yaml (relative paths are taken from $(pwd))"
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-composer_bin=${COMPOSER:-composer}
-cmd=("$composer_bin"
+if [[ -n "${COMPOSER:-}" ]]; then launcher=("$COMPOSER"); else launcher=(python -m foundry.launch); fi
+cmd=("${launcher[@]}"
      --world_size "$WORLD_SIZE" --node_rank "$NODE_RANK" --nproc "$LOCAL_WORLD_SIZE"
      --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT")
 if [[ -n "${FOUNDRY_LOG_DIR:-}" ]]; then
@@ -64,7 +65,7 @@ if [[ "$dry_run" == 1 ]]; then
   printf '%q ' "${cmd[@]}"; echo
   exit 0
 fi
-command -v "$composer_bin" >/dev/null || die "'$composer_bin' not found: activate foundry's venv" \
+command -v "${launcher[0]}" >/dev/null || die "'${launcher[0]}' not found: activate foundry's venv" \
   "(source .venv/bin/activate) or set COMPOSER to the launcher's path"
 echo "$prog: node $NODE_RANK of $nodes, $LOCAL_WORLD_SIZE processes, master $MASTER_ADDR:$MASTER_PORT" >&2
 exec "${cmd[@]}"

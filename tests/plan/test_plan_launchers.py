@@ -45,7 +45,7 @@ def test_dry_run_prints_the_composer_command():
     r = train_sh('--dry-run', YAML, 'run_name=x', 'optimizer.lr=1e-4', **VARS)
     assert r.returncode == 0, r.stderr
     assert shlex.split(r.stdout) == [
-        'composer', '--world_size', '16', '--node_rank', '1', '--nproc', '8',
+        'python', '-m', 'foundry.launch', '--world_size', '16', '--node_rank', '1', '--nproc', '8',
         '--master_addr', 'node-0.example', '--master_port', '29500',
         os.path.join(ROOT, 'launch', 'train.py'), YAML, 'run_name=x', 'optimizer.lr=1e-4']
 
@@ -124,9 +124,9 @@ def test_sbatch_starts_composer_on_every_node(fake_slurm, tmp_path):
     assert len(lines) == 2
     for rank, line in enumerate(lines):
         argv = shlex.split(line)
-        assert argv[:11] == ['composer', '--world_size', '16', '--node_rank', str(rank), '--nproc', '8',
-                             '--master_addr', 'gpu-a', '--master_port', str(20000 + 1234)]
-        assert argv[11:] == [os.path.join(ROOT, 'launch', 'train.py'), YAML, 'run_name=slurm']
+        assert argv[:13] == ['python', '-m', 'foundry.launch', '--world_size', '16', '--node_rank', str(rank),
+                             '--nproc', '8', '--master_addr', 'gpu-a', '--master_port', str(20000 + 1234)]
+        assert argv[13:] == [os.path.join(ROOT, 'launch', 'train.py'), YAML, 'run_name=slurm']
     assert '--ntasks-per-node=1' in log.read_text()
 
 
@@ -157,3 +157,36 @@ def test_k8s_indexed_job_sets_the_variables_train_sh_needs():
     assert job['spec']['parallelism'] == job['spec']['completions']
     name, svc = job['metadata']['name'], service['metadata']['name']
     assert env['MASTER_ADDR']['value'] == f'{name}-0.{svc}'
+
+
+def test_sbatch_requeues_the_job_when_training_stops_for_preemption(tmp_path):
+    """Exit status 75 (preemption.exit_code: stopped after saving a checkpoint) -> `scontrol requeue`;
+    any other failure is passed on as it is."""
+    bin_dir = tmp_path / 'bin'
+    bin_dir.mkdir()
+    _stub(bin_dir, 'scontrol', 'if [[ "$1" == requeue ]]; then echo "scontrol $*" >> "$SRUN_LOG"; '
+                               'else printf "gpu-a\\ngpu-b\\n"; fi\n')
+    _stub(bin_dir, 'srun', 'exit "$SRUN_EXIT"\n')
+    log = tmp_path / 'calls.log'
+    for srun_exit, requeued in (('75', True), ('1', False)):
+        env = _env(PATH=f'{bin_dir}:{os.environ["PATH"]}', SLURM_JOB_ID='99', SLURM_JOB_NUM_NODES='2',
+                   SLURM_JOB_NODELIST='gpu-[a-b]', SLURM_GPUS_PER_NODE='8', SLURM_SUBMIT_DIR=ROOT,
+                   SRUN_LOG=str(log), SRUN_EXIT=srun_exit)
+        r = subprocess.run(['bash', SBATCH, YAML], cwd='/', env=env, capture_output=True, text=True, timeout=60)
+        assert r.returncode == int(srun_exit), r.stderr
+        assert (log.exists() and 'scontrol requeue 99' in log.read_text()) == requeued, r.stderr
+        assert ('requeueing job 99' in r.stderr) == requeued
+        log.unlink(missing_ok=True)
+    with open(SBATCH) as f:
+        header = f.read()
+    assert '#SBATCH --requeue' in header and '#SBATCH --signal=USR1@120' in header
+
+
+def test_k8s_job_replaces_a_pod_stopped_for_preemption():
+    with open(K8S) as f:
+        _, job = list(yaml.safe_load_all(f))
+    rules = job['spec']['podFailurePolicy']['rules']
+    assert {'action': 'Ignore', 'onExitCodes': {'containerName': 'train', 'operator': 'In', 'values': [75]}} in rules
+    pod = job['spec']['template']['spec']
+    assert pod['restartPolicy'] == 'Never' and pod['containers'][0]['name'] == 'train'
+    assert pod['terminationGracePeriodSeconds'] > 25  # preemption.deadline_s's default
