@@ -13,8 +13,6 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Optional
 
-import torch
-
 from foundry.config.errors import ConfigError
 from foundry.data.errors import DataError
 from foundry.config.schema import TrainConfig
@@ -45,6 +43,7 @@ class RunPlan:
 
 
 def plan_run(cfg: TrainConfig) -> RunPlan:
+    import torch
     from composer.utils import dist
 
     device = 'gpu' if torch.cuda.is_available() else 'cpu'
@@ -104,6 +103,7 @@ def plan_run(cfg: TrainConfig) -> RunPlan:
 
 def train(cfg: TrainConfig):
     """Train as configured; returns the fitted Composer Trainer."""
+    import torch
     from composer import Trainer
     from composer.algorithms import GradientClipping
     from composer.utils import dist, reproducibility
@@ -238,21 +238,23 @@ def main(argv: Optional[list[str]] = None) -> int:
     import sys
 
     from foundry.config.load import load_config
+    from foundry.config.rules import check_environment
     from foundry.stopping import RunStopped, leave_after_local_rank_zero, restore_signals, stop_on_signals_during_startup
+    from foundry.user_errors import report_user_error, runtime_fault, write_traceback
 
     args = sys.argv[1:] if argv is None else argv
     if not args or args[0] in ('-h', '--help'):
         print('usage: composer launch/train.py YAML [key=value ...]', file=sys.stderr)
         return 2
     previous_handlers = stop_on_signals_during_startup()
+    cfg = None
     try:
-        cfg = load_config(args[0], args[1:])
+        cfg = load_config(args[0], args[1:])  # every value checked, before torch or Composer is imported
+        check_environment(cfg)  # wandb credentials, a local load_path
         train(cfg)
     except (ConfigError, DataError) as e:
         kind = 'config error' if isinstance(e, ConfigError) else 'data error'
-        print(f'foundry: {kind}: {e}', file=sys.stderr)
-        _let_local_rank_zero_exit_first()
-        return 2
+        return report_user_error(f'{kind}: {e}')  # the same on every rank: local rank 0 prints it
     except KeyboardInterrupt:  # preemption.enabled: false (otherwise Ctrl-C ends in RunStopped)
         print('foundry: interrupted (Ctrl-C); run the same command to resume from the last checkpoint', file=sys.stderr)
         return 130
@@ -260,20 +262,21 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f'foundry: {e}', file=sys.stderr, flush=True)
         leave_after_local_rank_zero()
         return e.exit_code
+    except Exception as e:  # faults no check before launch can see (foundry/user_errors.py)
+        message = runtime_fault(e, cfg)
+        if message is None:
+            raise
+        where = write_traceback(e, _run_folder(cfg))
+        return report_user_error(message + (f' (traceback in {where})' if where else ''), every_rank=True)
     finally:
         restore_signals(previous_handlers)
     return 0
 
 
-def _let_local_rank_zero_exit_first(grace_seconds: float = 5.0) -> None:
-    """Delay the exit of every process but local rank 0 after a user error.
-
-    Composer's launcher shows only local rank 0's stderr on the console and kills the
-    other processes as soon as one exits. Every rank finds the same bad key; if rank 1
-    exits first, rank 0 is killed before it prints, and the user sees only
-    "Rank 1 crashed with exit code 2". Rank 0 prints and exits within the grace period.
-    """
-    import time
-
-    if int(os.environ.get('LOCAL_RANK', '0')) != 0:
-        time.sleep(grace_seconds)
+def _run_folder(cfg: Optional[TrainConfig]) -> Optional[str]:
+    if cfg is None:
+        return None
+    try:
+        return cfg.run_folder.format(run_name=cfg.run_name or os.environ.get('RUN_NAME') or 'foundry-run')
+    except (KeyError, IndexError, ValueError):
+        return None
