@@ -96,10 +96,13 @@ def conversion_parser(description: str, default_split: str | None,
     parser.add_argument('--strict_utf8', action='store_true',
                         help='fail on invalid UTF-8 (naming file and byte offset) instead of '
                         'replacing it with U+FFFD and counting it in the summary')
+    parser.add_argument('--encoder', default='auto', choices=('auto', 'hf', 'fast_bpe'),
+                        help="auto (default): tiktoken's BPE when the tokenizer is a byte-level BPE "
+                        'it reproduces (GPT-2/GPT-NeoX family; several times faster, checked '
+                        'against the tokenizer on the first 64 documents and every 128th after '
+                        'them), else the Hugging Face tokenizer; hf or fast_bpe forces one')
     parser.add_argument('--fast_bpe', action='store_true',
-                        help='encode GPT-2/GPT-NeoX-style byte-level BPE tokenizers with '
-                        "tiktoken's BPE (several times faster; checked against the tokenizer "
-                        'on the first 64 documents and every 128th after them)')
+                        help='the same as --encoder fast_bpe (kept for earlier commands)')
     parser.add_argument('--no_progress', action='store_true', help='hide the progress bar')
     return parser
 
@@ -193,7 +196,7 @@ def _convert(args: argparse.Namespace, make_source: Callable[[int], object], out
         convert(source, out, tokenizer, args.concat_tokens,
                 bos_text=args.bos_text, eos_text=args.eos_text, no_wrap=args.no_wrap,
                 compression=args.compression, workers=args.workers,
-                strict_utf8=args.strict_utf8, fast_bpe=args.fast_bpe,
+                strict_utf8=args.strict_utf8, fast_bpe=args.fast_bpe, encoder=args.encoder,
                 progress=not args.no_progress)
     except json.JSONDecodeError as err:
         fail(f'--tokenizer_kwargs is not valid JSON ({err.msg}).', prog)

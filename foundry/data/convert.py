@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator
 import numpy as np
 from tqdm import tqdm
 
+from foundry.data import encode_worker
 from foundry.data.encode_worker import Encoded, Encoder, init_worker, run_task
 from foundry.data.errors import DataError
 from foundry.data.convert_output import FORMAT, MANIFEST, ConversionOutput, PartWriter
@@ -67,6 +68,7 @@ class ConversionSummary:
     input_bytes: int = 0
     workers: int = 0
     invalid_utf8: dict[str, list[int]] = field(default_factory=dict)  # file -> [count, offset]
+    encoder: str = 'hf'   # 'fast_bpe' (tiktoken's BPE) or 'hf' (the Hugging Face tokenizer)
 
     @property
     def invalid_utf8_count(self) -> int:
@@ -75,6 +77,7 @@ class ConversionSummary:
     def __str__(self) -> str:
         rate = self.tokens / self.seconds if self.seconds > 0 else float('nan')
         mode = f'{self.workers} worker processes' if self.workers else 'in-process threads'
+        mode = f'encoder {self.encoder}, {mode}'
         lines = [
             f'wrote {self.samples:,} samples ({self.tokens:,} tokens, {self.dtype}) from '
             f'{self.documents:,} documents to {self.out_root}: {self.bytes / 1e6:,.2f} MB in '
@@ -176,7 +179,8 @@ def convert(source: Source,
             strict_utf8: bool = False,
             fast_bpe: bool = False,
             progress: bool = True,
-            verbose: bool = True) -> ConversionSummary:
+            verbose: bool = True,
+            encoder: str = 'auto') -> ConversionSummary:
     """Tokenize ``source`` and write ``concat_tokens``-long samples to ``out_root``.
 
     Args:
@@ -196,8 +200,11 @@ def convert(source: Source,
             the Rust thread pool, which uses every core.
         strict_utf8: fail on invalid UTF-8 (naming file and byte offset) instead of replacing
             it with U+FFFD and counting it in the summary.
-        fast_bpe: encode byte-level BPE tokenizers (GPT-2/NeoX family) with tiktoken's BPE,
-            several times faster; checked against the tokenizer as it goes (see fast_bpe.py).
+        fast_bpe: the same as encoder='fast_bpe' (the flag of earlier releases).
+        encoder: 'auto' (default): tiktoken's BPE (fast_bpe.py) when the tokenizer is a byte-level
+            BPE it reproduces (GPT-2/GPT-NeoX family), several times faster and checked against
+            the tokenizer as it goes; otherwise the Hugging Face tokenizer. 'hf' or 'fast_bpe'
+            forces one.
         progress: show a progress bar with tokens/s.
         verbose: print the summary when done.
     """
@@ -213,6 +220,8 @@ def convert(source: Source,
     vocab_size = len(tokenizer)
     dtype = token_dtype_for(vocab_size)
     spec, tokenizer_id = _tokenizer_spec(tokenizer)
+    encoder, why = choose_encoder('fast_bpe' if fast_bpe else encoder, spec)
+    fast_bpe = encoder == 'fast_bpe'
 
     parts = source.parts()
     if not parts:
@@ -223,6 +232,9 @@ def convert(source: Source,
         # cache, no result pickling); the tiktoken encoder of --fast_bpe holds the GIL between
         # the many short pieces of code-like text, so there processes win.
         workers = default_workers() if fast_bpe else 0
+        known = [p.size for p in parts]
+        if fast_bpe and None not in known and sum(known) < SMALL_INPUT_BYTES:
+            workers = 0  # seconds of work: starting processes would cost more than they save
 
     settings = {
         'format': FORMAT, 'tokenizer': tokenizer_id, 'vocab_size': vocab_size,
@@ -240,6 +252,8 @@ def convert(source: Source,
                   flush=True)
         return summary
 
+    if verbose:
+        print(f'encoder: {encoder} ({why})', flush=True)  # stdout, with the summary: stderr is for problems
     cutter = _SampleCutter(concat_tokens, no_wrap, dtype)
     totals = _Totals()
     for marker in done:
@@ -304,7 +318,7 @@ def convert(source: Source,
         bytes=totals.bytes, seconds=time.perf_counter() - start, dropped_tokens=cutter.dropped,
         dtype=dtype.name, out_root=out_root, concat_tokens=concat_tokens, parts=len(parts),
         parts_reused=len(done), empty_documents=totals.empty, input_bytes=totals.input_bytes,
-        workers=workers, invalid_utf8=totals.invalid_utf8)
+        workers=workers, invalid_utf8=totals.invalid_utf8, encoder=encoder)
     out.merge(len(parts), summary.to_dict())
     if summary.invalid_utf8:
         warnings.warn(f'invalid UTF-8 in {len(summary.invalid_utf8)} input file(s): '
@@ -325,6 +339,31 @@ def _completed_summary(out: ConversionOutput) -> ConversionSummary:
 
 
 # -- tokenizer plumbing ------------------------------------------------------------------------
+
+ENCODERS = ('auto', 'hf', 'fast_bpe')
+# Below this much input the fast_bpe encoder runs in this process, not a process per core.
+SMALL_INPUT_BYTES = 4 << 20
+
+
+def choose_encoder(requested: str, spec: tuple[str, Any]) -> tuple[str, str]:
+    """('fast_bpe' or 'hf', why), for --encoder auto|hf|fast_bpe and this tokenizer."""
+    from foundry.data.fast_bpe import FastBPE
+
+    if requested not in ENCODERS:
+        raise DataError(f'--encoder must be one of {", ".join(ENCODERS)}, got {requested!r}.')
+    if requested == 'hf':
+        return 'hf', 'the Hugging Face tokenizer, as asked by --encoder hf'
+    reason = FastBPE.why_not(spec[1]) if spec[0] == 'json' else 'it is not a fast tokenizer (tokenizer.json)'
+    if requested == 'fast_bpe':
+        if reason:
+            raise DataError(f'--encoder fast_bpe cannot encode with this tokenizer: {reason}. Use --encoder hf.')
+        return 'fast_bpe', "tiktoken's BPE, as asked by --encoder fast_bpe; checked against the tokenizer as it goes"
+    if reason:
+        return 'hf', f'the Hugging Face tokenizer: the fast path cannot reproduce this one ({reason})'
+    return 'fast_bpe', ("tiktoken's BPE: this tokenizer is a byte-level BPE it reproduces, several times faster; "
+                        'checked against the tokenizer on the first 64 documents and every 128th; '
+                        '--encoder hf to use the tokenizer itself')
+
 
 def _encode(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)['input_ids'])
@@ -369,6 +408,10 @@ class _Pipeline:
             # manager thread starts, and workers load their own tokenizer with the Rust thread
             # pool off, so nothing inherited from the parent's threads is used.
             method = 'fork' if 'fork' in multiprocessing.get_all_start_methods() else 'spawn'
+            if method == 'fork':
+                # Build the encoder (tokenizer.json parsed, tiktoken ranks, checks: about a second)
+                # once here; forked workers inherit it instead of each building its own.
+                encode_worker.PREBUILT = (encoder_args, Encoder(*encoder_args))
             self.pool = ProcessPoolExecutor(max_workers=workers,
                                             mp_context=multiprocessing.get_context(method),
                                             initializer=init_worker, initargs=(encoder_args,))
@@ -380,6 +423,7 @@ class _Pipeline:
             try:
                 list(self.pool.map(_noop, range(workers)))
             finally:
+                encode_worker.PREBUILT = None
                 if saved is None:
                     os.environ.pop('TOKENIZERS_PARALLELISM', None)
         else:

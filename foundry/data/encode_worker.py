@@ -28,6 +28,9 @@ from foundry.data.errors import DataError
 
 __all__ = ['Encoder', 'Encoded', 'init_worker', 'run_task', 'parse_task', 'decode_utf8']
 
+# fast_bpe's self-check re-encodes at most this many characters of a document with the tokenizer.
+CHECK_CHARS = 1 << 16
+
 
 @dataclass
 class Encoded:
@@ -91,7 +94,8 @@ class Encoder:
                 self._bpe = FastBPE.from_tokenizer_json(payload)
         else:
             if fast_bpe:
-                raise DataError('--fast_bpe needs a fast tokenizer (a tokenizer.json).')
+                raise DataError('--encoder fast_bpe needs a fast tokenizer (a tokenizer.json); '
+                                'use --encoder hf.')
             self._fast = self._ascii = None
             self._slow = payload
         self.bos = list(bos_ids)
@@ -111,15 +115,21 @@ class Encoder:
                  if self._docs_seen + i < 64 or (self._docs_seen + i) % 128 == 0]
         self._docs_seen += len(docs)
         if check:
-            exact = self._encode_exact([docs[i] for i in check])
-            for i, want in zip(check, exact):
-                if ids[i] != want:
-                    k = next((j for j, (a, b) in enumerate(zip(ids[i], want)) if a != b),
-                             min(len(ids[i]), len(want)))
+            # A long document is checked on a prefix cut at a safe point (see fast_bpe.py): the
+            # tokenizer would otherwise spend longer on it than the whole conversion.
+            from foundry.data.fast_bpe import safe_prefix
+
+            texts = [safe_prefix(docs[i], CHECK_CHARS) for i in check]
+            got = [ids[i] if len(t) == len(docs[i]) else self._bpe.encode_batch([t])[0]
+                   for i, t in zip(check, texts)]
+            for i, text, mine, want in zip(check, texts, got, self._encode_exact(texts)):
+                if mine != want:
+                    k = next((j for j, (a, b) in enumerate(zip(mine, want)) if a != b),
+                             min(len(mine), len(want)))
                     raise DataError(
-                        f'{where}: --fast_bpe and the tokenizer disagree on a document '
-                        f'({docs[i][:60]!r}...) at token {k}: {ids[i][k:k + 5]} vs '
-                        f'{want[k:k + 5]}. Delete the output and convert without --fast_bpe.')
+                        f'{where}: the fast_bpe encoder and the tokenizer disagree on a document '
+                        f'({docs[i][:60]!r}...) at token {k}: {mine[k:k + 5]} vs '
+                        f'{want[k:k + 5]}. Delete the output and convert with --encoder hf.')
         return ids
 
     def _encode_exact(self, docs: list[str]) -> list[list[int]]:
@@ -293,6 +303,8 @@ def text_of(record: object, text_field: str, where: str) -> str:
 # -- process-pool plumbing -----------------------------------------------------------------
 
 _worker: Encoder | None = None
+# (args, Encoder) built by the parent just before it forks its workers; init_worker reuses it.
+PREBUILT: tuple | None = None
 
 
 def init_worker(args: tuple) -> None:
@@ -304,7 +316,7 @@ def init_worker(args: tuple) -> None:
     # Ctrl-C is handled once, by the main process, which shuts the pool down and reports
     # which parts are complete; workers dying with their own tracebacks would only add noise.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _worker = Encoder(*args)
+    _worker = PREBUILT[1] if PREBUILT is not None and PREBUILT[0] is args else Encoder(*args)
     _worker.threads = 1  # the pool is the parallelism
 
 

@@ -1,4 +1,4 @@
-"""A faster encoder for byte-level BPE tokenizers (the GPT-2 / GPT-NeoX family), opt-in.
+r"""A faster encoder for byte-level BPE tokenizers (the GPT-2 / GPT-NeoX family), used by default.
 
 Hugging Face ``tokenizers`` spends most of a conversion's CPU time building ``Encoding``
 objects around its BPE. ``tiktoken`` runs the same algorithm on the same vocabulary several
@@ -18,12 +18,22 @@ adjacent pair whose *merged token* ranks lowest, Hugging Face the pair whose *me
 lowest; with merges whose results rank in merge order (checked) the two agree on natural text,
 as tiktoken's GPT-2 encoding agrees with GPT-2's original encoder. So the converter checks it as
 it goes (``Encoder`` re-encodes the first 64 documents and every 128th after them with the
-Hugging Face tokenizer and stops on the first difference), and it is off unless ``--fast_bpe``
-is given.
+Hugging Face tokenizer and stops on the first difference). The converters use it whenever a
+tokenizer qualifies (``--encoder auto``, the default); ``--encoder hf`` turns it off.
+
+Long documents (code files, books, papers of hundreds of kilobytes) are cut at *safe points*
+before encoding: a single space between a non-space character and a letter. There the GPT-2
+pre-tokenizer always ends one pre-token (a letter, digit or punctuation run never takes in a
+following space) and starts the next (` ?\p{L}+` takes the space and the word), and the piece
+before the cut ends without whitespace, so the `\s+(?!\S)` look-ahead never looks across it. BPE
+runs within pre-tokens, so the ids of the pieces, concatenated, are the ids of the whole text;
+the pieces are encoded on a thread per core (tiktoken releases the GIL), and no single call holds
+a whole book's pre-tokens in memory.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import unicodedata
@@ -37,6 +47,9 @@ __all__ = ['FastBPE', 'GPT2_PATTERN']
 GPT2_PATTERN = (r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|"""
                 r"""\s+""")
 _NORMALIZERS = {'NFC', 'NFD', 'NFKC', 'NFKD'}
+# Pieces longer than this are cut at safe points into segments of about SEGMENT_CHARS.
+LONG_PIECE_CHARS = 1 << 17
+SEGMENT_CHARS = 1 << 15
 
 
 def _byte_alphabet() -> dict[str, int]:
@@ -72,19 +85,28 @@ class FastBPE:
         self._forms = forms
         self._pool = None
 
+    @staticmethod
+    def why_not(text: str) -> str | None:
+        """Why a tokenizer.json cannot be encoded by this path (None: it can)."""
+        try:
+            import tiktoken  # noqa: F401
+        except ImportError:
+            return 'the tiktoken package is not installed'
+        return _incompatibility_of(text)
+
     @classmethod
     def from_tokenizer_json(cls, text: str) -> 'FastBPE':
         """Build it, or raise DataError saying why this tokenizer does not qualify."""
         try:
             import tiktoken  # noqa: F401
         except ImportError:
-            raise DataError('--fast_bpe needs the tiktoken package (pip install tiktoken).') \
+            raise DataError('--encoder fast_bpe needs the tiktoken package (pip install tiktoken).') \
                 from None
         spec = json.loads(text)
-        reason = _incompatibility(spec)
+        reason = _incompatibility_of(text)
         if reason:
-            raise DataError(f'--fast_bpe cannot encode with this tokenizer: {reason}. Convert '
-                            'without --fast_bpe.')
+            raise DataError(f'--encoder fast_bpe cannot encode with this tokenizer: {reason}. Use '
+                            '--encoder hf.')
         alphabet = _byte_alphabet()
         added_ids = {a['id'] for a in spec.get('added_tokens') or []}
         ranks: dict[bytes, int] = {}
@@ -94,14 +116,13 @@ class FastBPE:
             try:
                 ranks[bytes(alphabet[c] for c in token)] = index
             except KeyError:
-                raise DataError(f'--fast_bpe cannot encode with this tokenizer: vocabulary '
-                                f'entry {token!r} is not byte-level. Convert without '
-                                '--fast_bpe.') from None
+                raise DataError(f'--encoder fast_bpe cannot encode with this tokenizer: vocabulary '
+                                f'entry {token!r} is not byte-level. Use --encoder hf.') from None
         missing = sorted(b for b in _UTF8_BYTES if bytes([b]) not in ranks)
         if missing:
-            raise DataError(f'--fast_bpe cannot encode with this tokenizer: bytes '
+            raise DataError(f'--encoder fast_bpe cannot encode with this tokenizer: bytes '
                             f'{[hex(b) for b in missing[:8]]} have no token of their own. '
-                            'Convert without --fast_bpe.')
+                            'Use --encoder hf.')
         added = {a['content']: a['id'] for a in spec.get('added_tokens') or []}
         return cls(ranks, added, [step['type'] for step in _normalizer_steps(spec)])
 
@@ -132,7 +153,9 @@ class FastBPE:
                 pieces.append(text[pos:])
             plan.append(steps)
         encode = self._encoding._core_bpe.encode_ordinary  # releases the GIL while it runs
-        if threads > 1 and len(pieces) > 64:
+        if any(len(p) > LONG_PIECE_CHARS for p in pieces):
+            encoded = self._encode_with_long_pieces(pieces, encode)
+        elif threads > 1 and len(pieces) > 64:
             # One contiguous slice per thread: a future per piece would cost more than the
             # encoding of a typical piece.
             if self._pool is None:
@@ -144,6 +167,10 @@ class FastBPE:
                        for ids in part]
         else:
             encoded = [encode(p) for p in pieces]
+        return self._assemble(plan, encoded)
+
+    @staticmethod
+    def _assemble(plan: list[list[Any]], encoded: list[list[int]]) -> list[list[int]]:
         out = []
         for steps in plan:
             ids: list[int] = []
@@ -154,6 +181,68 @@ class FastBPE:
                     ids.extend(encoded[step])
             out.append(ids)
         return out
+
+
+    def _encode_with_long_pieces(self, pieces: list[str], encode) -> list[list[int]]:
+        """Pieces, long ones cut at safe points and their segments encoded on a thread per core."""
+        import os
+        from concurrent.futures import ThreadPoolExecutor
+
+        segments: list[str] = []
+        owner: list[int] = []
+        for index, piece in enumerate(pieces):
+            parts = split_at_safe_points(piece, SEGMENT_CHARS) if len(piece) > LONG_PIECE_CHARS else [piece]
+            segments.extend(parts)
+            owner.extend([index] * len(parts))
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
+        encoded: list[list[int]] = [[] for _ in pieces]
+        for index, ids in zip(owner, self._pool.map(encode, segments)):
+            encoded[index].extend(ids)
+        return encoded
+
+
+def is_safe_point(text: str, i: int) -> bool:
+    """Whether cutting `text` before index i leaves the GPT-2 pre-tokenization unchanged (see the module doc)."""
+    return (0 < i < len(text) - 1 and text[i] == ' ' and not text[i - 1].isspace()
+            and _is_letter(text[i + 1]))
+
+
+def _is_letter(char: str) -> bool:
+    # \p{L} of the pre-tokenizer regex: the Unicode letter categories.
+    return unicodedata.category(char).startswith('L')
+
+
+def split_at_safe_points(text: str, target: int) -> list[str]:
+    """`text` cut into pieces of about `target` characters, each cut at a safe point.
+
+    A stretch with no safe point (a long run without spaces before letters) stays whole.
+    """
+    pieces = []
+    start = 0
+    while len(text) - start > target:
+        cut = text.find(' ', start + target)
+        while cut != -1 and not is_safe_point(text, cut):
+            cut = text.find(' ', cut + 1)
+        if cut == -1:
+            break
+        pieces.append(text[start:cut])
+        start = cut
+    pieces.append(text[start:])
+    return pieces
+
+
+def safe_prefix(text: str, max_chars: int) -> str:
+    """The longest prefix of at most about `max_chars` characters that ends at a safe point (or all of it)."""
+    if len(text) <= max_chars:
+        return text
+    return split_at_safe_points(text, max_chars)[0]
+
+
+@functools.lru_cache(maxsize=4)
+def _incompatibility_of(text: str) -> str | None:
+    # Checking 50k merges costs a few tenths of a second: once per tokenizer and process.
+    return _incompatibility(json.loads(text))
 
 
 def _incompatibility(spec: dict) -> str | None:
