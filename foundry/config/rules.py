@@ -26,7 +26,7 @@ def check_values(cfg: TrainConfig) -> None:
     _check_durations(cfg)
     _check_top_level(cfg)
     _check_optimizer(cfg.optimizer)
-    _check_scheduler(cfg.scheduler)
+    _check_scheduler(cfg.scheduler, parse_time(cfg.max_duration, 'max_duration'))
     _check_loader(cfg.train_loader, 'train_loader')
     if cfg.eval_loader is not None:
         _check_loader(cfg.eval_loader, 'eval_loader')
@@ -89,15 +89,39 @@ def _check_optimizer(section: Mapping[str, Any]) -> None:
             _number(beta, f'optimizer.betas[{i}]', low=0.0, high=1.0)
 
 
-def _check_scheduler(section: Mapping[str, Any]) -> None:
+def _check_scheduler(section: Mapping[str, Any], max_duration) -> None:
+    warmup = t_max = None
     if section.get('t_warmup') is not None:
-        parse_time(section['t_warmup'], 'scheduler.t_warmup', int_unit='ba', allowed=INTERVAL_UNITS[:-1],
-                   positive=False)
+        warmup = parse_time(section['t_warmup'], 'scheduler.t_warmup', int_unit='ba', allowed=INTERVAL_UNITS[:-1],
+                            positive=False)
     if section.get('t_max') is not None:
-        parse_time(section['t_max'], 'scheduler.t_max', int_unit='ba', allowed=INTERVAL_UNITS[:-1])
+        t_max = parse_time(section['t_max'], 'scheduler.t_max', int_unit='ba', allowed=INTERVAL_UNITS[:-1])
     for key in ('alpha', 'alpha_f', 'alpha_i'):
         if key in section:
             _number(section[key], f'scheduler.{key}', low=0.0)
+    if warmup is not None:
+        _check_warmup_schedule(section['name'], warmup, t_max or parse_time('1dur', 'scheduler.t_max'), max_duration)
+
+
+def _check_warmup_schedule(name: str, warmup, t_max, max_duration) -> None:
+    """Composer's warmup schedulers' own rules, which it checks only at the first batch (a traceback mid-start).
+
+    It converts `dur` to max_duration's unit (batches when that is epochs) and epochs to batches, then
+    needs t_warmup and t_max in one unit, and t_max at least max_duration where the units compare.
+    """
+    def unit(duration) -> str:
+        if duration.unit == 'dur':
+            return 'ba' if max_duration.unit == 'ep' else max_duration.unit
+        return 'ba' if duration.unit == 'ep' else duration.unit
+
+    if unit(warmup) != unit(t_max):
+        raise ConfigError(f'`scheduler.t_warmup` is {warmup} but t_max ({t_max}, with max_duration {max_duration}) counts '
+                          f'{unit(t_max)}: {name} needs both in one unit; write t_warmup in {unit(t_max)} or as a '
+                          f'fraction such as 0.05dur')
+    t_max_value = t_max.value * max_duration.value if t_max.unit == 'dur' else t_max.value
+    if unit(t_max) == max_duration.unit and t_max_value < max_duration.value:
+        raise ConfigError(f'`scheduler.t_max` is {t_max}, shorter than max_duration {max_duration}: the learning rate '
+                          f'would be undefined after it; set t_max to at least max_duration (or 1dur)')
 
 
 def _check_loader(section: Mapping[str, Any], path: str) -> None:
