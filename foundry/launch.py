@@ -36,6 +36,11 @@ def _forward(signum: int, frame) -> None:
 
 
 def main() -> int:
+    from foundry.config.preflight import check_before_launch
+
+    status = check_before_launch(sys.argv[1:])  # a config mistake: its one line, no ranks, no launcher lines
+    if status is not None:
+        return status
     from composer.cli import launcher
 
     for sig in (signal.SIGTERM, signal.SIGUSR1):

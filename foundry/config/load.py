@@ -44,11 +44,11 @@ def read_yaml_with_overrides(path: str, overrides: Sequence[str] = ()) -> dict[s
     return resolved
 
 
-def load_config(path: str, overrides: Sequence[str] = ()) -> TrainConfig:
-    """Load, merge, resolve and fully validate a training config."""
+def load_config(path: str, overrides: Sequence[str] = (), model: bool = True) -> TrainConfig:
+    """Load, merge, resolve and fully validate a training config (`model=False`: all but the model's rules)."""
     raw = read_yaml_with_overrides(path, overrides)
     cfg = from_mapping(TrainConfig, raw)
-    check_sections(cfg)
+    check_sections(cfg, model=model)
     return cfg
 
 

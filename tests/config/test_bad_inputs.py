@@ -24,7 +24,7 @@ from tests.e2e.conftest import REPO, TINY_YAML, tiny_data  # noqa: F401  (the co
 @dataclass(frozen=True)
 class Case:
     id: str
-    entry: str  # train | info | plan | export | convert | resume
+    entry: str  # train | launch | info | plan | export | convert | resume
     args: tuple[str, ...]
     expect: tuple[str, ...]  # substrings of the one line: the key or file named, and the fix
     setup: Optional[Callable[['Env'], None]] = None
@@ -140,6 +140,15 @@ OVERRIDES = [
     Case('missing yaml', 'train', ('@{tmp}/none.yaml',), ('{tmp}/none.yaml',)),
 ]
 
+LAUNCH = [  # python -m foundry.launch: checked once in the launcher, before any rank starts
+    Case('launcher: max_duration banana', 'launch', ('max_duration=banana',), ('`max_duration`',),
+         left_behind='{tmp}/checkpoints'),
+    Case('launcher: batch vs WORLD_SIZE', 'launch', ('global_train_batch_size=7',), ('`global_train_batch_size`',),
+         setup=_two_processes),
+    Case('launcher: wandb without login', 'launch', ('loggers={wandb: {}}',), ('`loggers.wandb`',),
+         setup=_no_wandb_login),
+]
+
 INFO = [
     Case('info negative proportion', 'info', (_streams('a: {local: x, proportion: 1.5}', 'b: {local: y, proportion: -0.5}'),),
          ('`train_loader.dataset.streams.b.proportion`',)),
@@ -209,7 +218,7 @@ RESUME = [
          ('save_folder', 'model.n_layers=2 where this config has 3')),
 ]
 
-CASES = TRAIN + OVERRIDES + INFO + PLAN + EXPORT + CONVERT + RESUME
+CASES = TRAIN + OVERRIDES + LAUNCH + INFO + PLAN + EXPORT + CONVERT + RESUME
 
 
 @pytest.fixture(scope='module')
@@ -248,6 +257,14 @@ def run_case(case: Case, env: Env) -> int:
     if case.entry == 'train':
         yaml = args.pop(0)[1:] if args and args[0].startswith('@') else TINY_YAML
         return train_main([yaml, *_run_overrides(env.data, env.tmp), *args])
+    if case.entry == 'launch':
+        import sys
+
+        from foundry.launch import main as launch_main
+
+        env.monkeypatch.setattr(sys, 'argv', ['foundry.launch', '-n', '2', os.path.join(REPO, 'launch', 'train.py'),
+                                              TINY_YAML, *_run_overrides(env.data, env.tmp), *args])
+        return launch_main()
     if case.entry == 'resume':
         return train_main([TINY_YAML, *_run_overrides(env.data, env.run), 'save_interval=2ba', 'max_duration=2ba',
                            *args])
