@@ -1,23 +1,22 @@
 """Conversion speed: foundry vs llm-foundry 0.22.0's convert_dataset_json, same corpus, same machine.
 
-    python launch/bench/convert_bench.py [--mb 40] [--workers auto] [--skip_llmfoundry]
+    python launch/bench/convert_bench.py [--shapes pieces,files,huge] [--mb 15,150] [--modes default,hf]
 
-1. Writes a deterministic JSONL corpus of about --mb MB (default 40) under .bench/: the demo
-   corpus (stdlib docstrings and sources) cut into 200-6,000 character documents, shuffled
-   with a fixed seed and repeated until the size is reached.
-2. Creates .bench/llmfoundry-venv (once, shared with the other benchmarks and reused) with
-   a plain `pip install llm-foundry==0.22.0` (several GB, 3-5 minutes the first time).
-3. Converts the corpus with the GPT-NeoX-20B tokenizer, concat 2048, --eos_text
-   '<|endoftext|>' (llm-foundry's default eos_text is empty), no compression: foundry in each
-   mode (the default Hugging Face tokenizer on its Rust thread pool; worker processes;
-   --fast_bpe, tiktoken's BPE in a process per core), then llm-foundry.
-   Each run is a fresh subprocess timed from start to exit (imports included); llm-foundry's
-   Hugging Face datasets cache is a fresh temporary folder, so nothing is reused between runs.
-4. Prints wall times (best of --repeat interleaved rounds), CPU seconds (user + sys of the whole
-   process tree: the load-independent measure of work), tokens/s, the speed-ups, the machine
-   load after every run, and checks that every foundry output holds the same token stream as
-   llm-foundry's: decodes every sample of both (foundry uint16, llm-foundry int32/uint32) and
-   compares every id and every sample boundary.
+For every corpus shape and size:
+1. Writes a deterministic JSONL corpus under .bench/ from the demo corpus (the Python standard
+   library's docstrings and sources), shuffled with a fixed seed and repeated to the size:
+     pieces  documents cut into 200-6,000 characters at paragraph breaks;
+     files   whole files (one document per source file or per module's docstrings: up to ~100 kB);
+     huge    one document holding the whole corpus.
+2. Converts it with the GPT-NeoX-20B tokenizer, concat 2048, --eos_text '<|endoftext|>'
+   (llm-foundry's default eos_text is empty), no compression: foundry with default flags
+   (`default`: the encoder it picks, which it prints), with `--encoder hf` (`hf`), and llm-foundry
+   (its venv: launch/bench/llmfoundry_venv.py). Each run is a fresh subprocess timed from start to
+   exit, imports included; llm-foundry's Hugging Face datasets cache is a fresh temporary folder.
+3. Measures the limit: each encoder's raw single-thread speed on the same text (the Rust tokenizer's
+   encode_batch_fast, tiktoken's encode_ordinary on the same pre-split text), in tokens/s per core.
+4. Prints wall time, tokens/s per core, the ratio to llm-foundry, and checks that every foundry
+   output holds the same token stream as llm-foundry's (every id and sample boundary).
 """
 
 from __future__ import annotations
@@ -34,18 +33,15 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BENCH = os.path.join(REPO, '.bench')
-VENV = os.path.join(BENCH, 'llmfoundry-venv')
 NEOX = os.path.join(os.path.dirname(REPO), 'shared', 'tokenizers', 'gpt-neox-20b',
                     'tokenizer.json')
 if not os.path.isfile(NEOX):
     NEOX = '/work/shared/tokenizers/gpt-neox-20b/tokenizer.json'
-LLMFOUNDRY = 'llm-foundry==0.22.0'
 EOS = '<|endoftext|>'
 SEQ = 2048
 
 
-def make_corpus(path: str, megabytes: float, seed: int = 17) -> tuple[int, int]:
-    """Deterministic JSONL corpus; returns (documents, bytes)."""
+def _demo_texts() -> list[str]:
     sys.path.insert(0, REPO)
     from foundry.data.demo_corpus import write_demo_corpus
 
@@ -56,7 +52,10 @@ def make_corpus(path: str, megabytes: float, seed: int = 17) -> tuple[int, int]:
     for name in ('english', 'code'):
         with open(os.path.join(source_dir, f'{name}.jsonl'), encoding='utf-8') as f:
             texts.extend(json.loads(line)['text'] for line in f)
-    rng = random.Random(seed)
+    return texts
+
+
+def _cut_pieces(texts: list[str], rng: random.Random) -> list[str]:
     pieces = []
     for text in texts:  # documents of 200-6,000 characters, cut at paragraph breaks
         current, target = '', rng.randint(200, 6000)
@@ -67,62 +66,72 @@ def make_corpus(path: str, megabytes: float, seed: int = 17) -> tuple[int, int]:
                 current, target = '', rng.randint(200, 6000)
         if current.strip():
             pieces.append(current)
+    return pieces
+
+
+def make_corpus(path: str, megabytes: float, shape: str = 'pieces', seed: int = 17) -> tuple[int, int]:
+    """Deterministic JSONL corpus of one shape; returns (documents, bytes)."""
+    rng = random.Random(seed)
+    texts = _demo_texts()
+    documents = _cut_pieces(texts, rng) if shape == 'pieces' else texts
     target_bytes = int(megabytes * 1e6)
-    written = docs = 0
+    chosen, size, round_ = [], 0, 0
+    while size < target_bytes:
+        order = list(range(len(documents)))
+        rng.shuffle(order)
+        for i in order:
+            chosen.append((documents[i], f'{round_}-{i}'))
+            size += len(documents[i].encode()) + 40
+            if size >= target_bytes:
+                break
+        round_ += 1
+    if shape == 'huge':
+        chosen = [(''.join(text for text, _ in chosen), 'all')]
     tmp = path + '.tmp'
+    written = 0
     with open(tmp, 'w', encoding='utf-8') as f:
-        round_ = 0
-        while written < target_bytes:
-            order = list(range(len(pieces)))
-            rng.shuffle(order)
-            for i in order:
-                line = json.dumps({'text': pieces[i], 'id': f'{round_}-{i}'}) + '\n'
-                f.write(line)
-                written += len(line.encode())
-                docs += 1
-                if written >= target_bytes:
-                    break
-            round_ += 1
+        for text, ident in chosen:
+            line = json.dumps({'text': text, 'id': ident}) + '\n'
+            f.write(line)
+            written += len(line.encode())
     os.replace(tmp, path)
-    return docs, written
+    return len(chosen), written
+
+
+def encoder_limits(corpus: str, max_chars: int = 3_000_000) -> dict[str, float]:
+    """Raw single-thread tokens/s of each encoder on (up to max_chars of) the corpus text."""
+    sys.path.insert(0, REPO)
+    from tokenizers import Tokenizer
+
+    from foundry.data.fast_bpe import SEGMENT_CHARS, FastBPE, split_at_safe_points
+
+    docs, total = [], 0
+    with open(corpus, encoding='utf-8') as f:
+        for line in f:
+            text = json.loads(line)['text'][:max_chars - total]
+            docs.append(text)
+            total += len(text)
+            if total >= max_chars:
+                break
+    spec = open(NEOX).read()
+    os.environ['TOKENIZERS_PARALLELISM'] = 'false'  # one thread: the per-core limit
+    tokenizer = Tokenizer.from_str(spec)
+    hf_docs = [p for d in docs for p in split_at_safe_points(d, SEGMENT_CHARS)]
+    start = time.perf_counter()
+    tokens = sum(len(e.ids) for e in tokenizer.encode_batch_fast(hf_docs, add_special_tokens=False))
+    hf = tokens / (time.perf_counter() - start)
+    fast = FastBPE.from_tokenizer_json(spec)
+    start = time.perf_counter()
+    tokens = sum(len(ids) for ids in fast.encode_batch(hf_docs, threads=1))
+    return {'hf': hf, 'fast_bpe': tokens / (time.perf_counter() - start)}
 
 
 def ensure_llmfoundry_venv() -> str:
-    """The bench venv's python with llm-foundry 0.22.0, built once and shared.
+    """The llm-foundry 0.22.0 venv's python, built once and shared with the other benchmarks."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from llmfoundry_venv import ensure_llmfoundry_venv as ensure
 
-    Same protocol as the repository's other benchmarks: build under an exclusive flock on
-    .bench/llmfoundry-venv.lock, and count the venv as ready only once .ready exists (written
-    after an import check), so a concurrent or interrupted build is never half-used.
-    """
-    import fcntl
-    import venv
-
-    python = os.path.join(VENV, 'bin', 'python')
-    ready = os.path.join(VENV, '.ready')
-    with open(os.path.join(BENCH, 'llmfoundry-venv.lock'), 'w') as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # waits while another benchmark builds it
-        try:
-            if os.path.isfile(ready):
-                return python
-            print(f'[bench] creating {VENV} and installing {LLMFOUNDRY} (several GB, a few '
-                  'minutes, once)', flush=True)
-            start = time.time()
-            if not os.path.isfile(python):
-                venv.EnvBuilder(with_pip=True).create(VENV)
-            pip = [python, '-m', 'pip']
-            subprocess.run(pip + ['install', '-q', '--upgrade', 'pip'], check=True)
-            subprocess.run(pip + ['install', LLMFOUNDRY], check=True)
-            check = subprocess.run([python, '-c', 'import llmfoundry, composer, torch; print('
-                                    'llmfoundry.__version__, composer.__version__, '
-                                    'torch.__version__)'],
-                                   check=True, capture_output=True, text=True)
-            with open(ready, 'w') as f:
-                f.write(check.stdout)
-            print(f'[bench] llm-foundry venv ready in {time.time() - start:.0f}s: '
-                  f'{check.stdout.strip()}', flush=True)
-            return python
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    return str(ensure(log=lambda m: print(f'[bench] {m}', flush=True)))
 
 
 def neox_tokenizer_dir() -> str:
@@ -187,107 +196,86 @@ def load() -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--mb', type=float, default=40.0, help='corpus size in MB (default 40)')
-    parser.add_argument('--modes', default='threads,workers,fast_bpe',
-                        help='foundry modes to time: threads (the default: Hugging Face '
-                        'tokenizer on its Rust thread pool), workers (one process per core), '
-                        'fast_bpe (tiktoken BPE, a process per core), or a number of worker '
-                        'processes')
+    parser.add_argument('--shapes', default='pieces,files,huge', help='corpus shapes: pieces, files, huge')
+    parser.add_argument('--mb', default='15', help='corpus sizes in MB, comma-separated (e.g. 15,150)')
+    parser.add_argument('--modes', default='default,hf',
+                        help='foundry runs: default (no encoder flag), hf (--encoder hf), fast_bpe, or a '
+                        'number of worker processes')
     parser.add_argument('--skip_llmfoundry', action='store_true')
-    parser.add_argument('--repeat', type=int, default=1,
-                        help='rounds of every mode, interleaved; the best time of each counts')
+    parser.add_argument('--out', default=None, help='also write the table to this Markdown file')
     args = parser.parse_args()
     if not os.path.isfile(NEOX):
         raise SystemExit(f'[bench] the GPT-NeoX tokenizer is missing at {NEOX}')
     os.makedirs(BENCH, exist_ok=True)
-
-    corpus = os.path.join(BENCH, f'corpus-{args.mb:g}MB.jsonl')
-    if not os.path.isfile(corpus):
-        docs, size = make_corpus(corpus, args.mb)
-        print(f'[bench] wrote {corpus}: {docs:,} documents, {size / 1e6:.1f} MB', flush=True)
     python_lf = None if args.skip_llmfoundry else ensure_llmfoundry_venv()
     tokdir = neox_tokenizer_dir()
+    cores = len(os.sched_getaffinity(0))
+    rows, ok = [], True
+    for mb in (float(x) for x in args.mb.split(',')):
+        for shape in args.shapes.split(','):
+            corpus = os.path.join(BENCH, f'corpus-{shape}-{mb:g}MB.jsonl')
+            if not os.path.isfile(corpus):
+                docs, size = make_corpus(corpus, mb, shape)
+                print(f'[bench] wrote {corpus}: {docs:,} documents, {size / 1e6:.1f} MB', flush=True)
+            limits = encoder_limits(corpus)
+            work = tempfile.mkdtemp(prefix='convert-bench-', dir=BENCH)
+            try:
+                results = {}
+                for mode in args.modes.split(',') + ([] if python_lf is None else ['llm-foundry']):
+                    out = os.path.join(work, mode)
+                    if mode == 'llm-foundry':
+                        label, seconds, tokens = run_llmfoundry(python_lf, corpus, out, tokdir, work)
+                    else:
+                        label, seconds, tokens = run_foundry(mode, corpus, out)
+                        out = os.path.join(out, 'train')
+                    results[mode] = (label, seconds, tokens, out)
+                    print(f'[bench] {shape} {mb:g} MB: {label}: {seconds:.1f} s, {tokens:,} tokens '
+                          f'(load {load()})', flush=True)
+                reference = read_samples(results['llm-foundry'][3]) if 'llm-foundry' in results else None
+                for mode, (label, seconds, tokens, out) in results.items():
+                    same = ratio = None
+                    if reference is not None and mode != 'llm-foundry':
+                        import numpy as np
 
-    work = tempfile.mkdtemp(prefix='convert-bench-', dir=BENCH)
-    modes = args.modes.split(',') + ([] if python_lf is None else ['llm-foundry'])
-    times: dict[str, list[float]] = {m: [] for m in modes}
-    cpu: dict[str, list[float]] = {m: [] for m in modes}  # user + sys seconds, whole process tree
-    loads: list[str] = []
-    labels: dict[str, str] = {}
-    outputs: dict[str, tuple[int, str]] = {}
-    try:
-        print(f'[bench] load before runs: {load()}', flush=True)
-        for round_ in range(args.repeat):
-            for mode in modes:  # round-robin, so load changes hit every mode alike
-                out = os.path.join(work, f'{mode}-{round_}')
-                if mode == 'llm-foundry':
-                    label, seconds, tokens = run_llmfoundry(python_lf, corpus, out, tokdir, work)
-                else:
-                    label, seconds, tokens = run_foundry(mode, corpus, out)
-                    out = os.path.join(out, 'train')
-                labels[mode] = label
-                times[mode].append(seconds)
-                cpu[mode].append(timed.last_cpu)
-                loads.append(load())
-                if mode in outputs:
-                    shutil.rmtree(os.path.dirname(outputs[mode][1]) if mode != 'llm-foundry'
-                                  else outputs[mode][1], ignore_errors=True)
-                outputs[mode] = (tokens, out)
-                print(f'[bench] round {round_ + 1}: {label}: {seconds:.1f}s wall, '
-                      f'{timed.last_cpu:.1f} CPU-s, {tokens:,} tokens, {tokens / seconds:,.0f} '
-                      f'tokens/s (load {load()})', flush=True)
+                        ours = read_samples(out)
+                        same = len(ours) == len(reference) and all(np.array_equal(a, b) for a, b in zip(ours, reference))
+                        ratio = results['llm-foundry'][1] / seconds
+                        ok = ok and same
+                    limit = limits['fast_bpe' if 'fast_bpe' in label else 'hf'] if mode != 'llm-foundry' else limits['hf']
+                    rows.append((shape, mb, label, seconds, tokens / seconds / cores, limit, ratio, same))
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+    table = format_table(rows, cores)
+    print(table)
+    if args.out:
+        with open(args.out, 'w') as f:
+            f.write(table)
+    return 0 if ok else 1
 
-        print('\n=== conversion benchmark: GPT-NeoX-20B tokenizer, concat 2048, eos '
-              f"'{EOS}', {os.path.getsize(corpus) / 1e6:.1f} MB JSONL, {os.cpu_count()} cores ===")
-        print('load average (1/5/15 min) after each run: ' + ' | '.join(
-            x.split(' (')[0] for x in loads))
-        best = {m: min(t) for m, t in times.items()}
-        for mode in modes:
-            tokens = outputs[mode][0]
-            runs = ', '.join(f'{t:.1f}' for t in times[mode])
-            print(f'  {labels[mode]:<42} best {best[mode]:6.1f} s  {tokens / best[mode]:>11,.0f} '
-                  f'tokens/s  CPU {min(cpu[mode]):6.1f} s  (runs: {runs} s)')
-        if python_lf is None:
-            return 0
-        import numpy as np
 
-        ref = read_samples(outputs['llm-foundry'][1])
-        ok = True
-        for mode in modes[:-1]:
-            ratio = best['llm-foundry'] / best[mode]
-            ours = read_samples(outputs[mode][1])
-            same = (len(ours) == len(ref) and
-                    all(np.array_equal(a, b) for a, b in zip(ours, ref)))
-            cpu_ratio = min(cpu['llm-foundry']) / min(cpu[mode])
-            print(f'  {labels[mode]}: {ratio:.2f}x llm-foundry in wall time, {cpu_ratio:.2f}x '
-                  f'less CPU; same token stream (every id and sample boundary of {len(ref):,} '
-                  f'samples): {same}')
-            ok = ok and same
-        fastest = min(modes[:-1], key=lambda m: best[m])
-        ratio = best['llm-foundry'] / best[fastest]
-        print(f'  fastest: {labels[fastest]} at {ratio:.2f}x '
-              f'({"goal >= 3x met" if ratio >= 3 else "below the 3x goal"})')
-        return 0 if ok else 1
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+def format_table(rows: list, cores: int) -> str:
+    lines = [f'GPT-NeoX-20B tokenizer, concat 2048, eos <|endoftext|>, {cores} cores, load {load()}', '',
+             '| shape | MB | converter | wall s | tokens/s per core | encoder limit (1 thread) | vs llm-foundry '
+             '| same token stream |', '|---|---|---|---|---|---|---|---|']
+    for shape, mb, label, seconds, per_core, limit, ratio, same in rows:
+        lines.append(f'| {shape} | {mb:g} | {label} | {seconds:.1f} | {per_core:,.0f} | {limit:,.0f} | '
+                     f'{"" if ratio is None else f"{ratio:.2f}x"} | {"" if same is None else same} |')
+    return '\n'.join(lines) + '\n'
 
 
 def run_foundry(mode: str, corpus: str, out: str) -> tuple[str, float, int]:
-    workers = {'workers': str(os.cpu_count()), 'threads': '0', 'fast_bpe': None}.get(mode, mode)
     cmd = [sys.executable, os.path.join(REPO, 'data_prep', 'convert_dataset_json.py'),
            '--path', corpus, '--out_root', out, '--split', 'train', '--concat_tokens', str(SEQ),
            '--tokenizer', NEOX, '--eos_text', EOS, '--no_progress']
-    if workers is not None:
-        cmd += ['--workers', workers]
-    if mode == 'fast_bpe':
-        cmd += ['--fast_bpe']
+    if mode in ('hf', 'fast_bpe'):
+        cmd += ['--encoder', mode]
+    elif mode != 'default':
+        cmd += ['--workers', mode]
     seconds, _ = timed(cmd)
     summary = json.load(open(os.path.join(out, 'train', 'conversion.json')))['summary']
-    label = {'workers': f'foundry, {summary["workers"]} worker processes',
-             'threads': 'foundry (default), Rust thread pool',
-             'fast_bpe': f'foundry --fast_bpe, {summary["workers"]} processes'}.get(
-                 mode, f'foundry, {summary["workers"]} worker processes')
-    return label, seconds, summary['tokens']
+    processes = f'{summary["workers"]} processes' if summary['workers'] else 'in-process'
+    flags = {'default': 'default flags', 'hf': '--encoder hf'}.get(mode, mode)
+    return f'foundry {flags} ({summary.get("encoder", "hf")}, {processes})', seconds, summary['tokens']
 
 
 def run_llmfoundry(python_lf: str, corpus: str, out: str, tokdir: str,
