@@ -51,14 +51,14 @@ def default_signals() -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
-def leave_after_local_rank_zero(grace_seconds: float = 3.0) -> None:
-    """After a stop, on ranks other than local rank 0: end by SIGTERM shortly after local rank 0 exits.
+def leave_after_local_rank_zero(timeout_s: float = 60.0) -> None:
+    """After a stop, on ranks other than local rank 0: end by SIGTERM once local rank 0 has exited.
 
-    Composer's launcher reports the first rank to exit and prints the whole captured log of any
-    rank that exits with a status of its own; a rank ended by SIGTERM it counts as one it killed.
-    So local rank 0 carries the exit status and the others end by SIGTERM: the launcher's (sent as
-    soon as it sees rank 0 exit), or their own after the grace period (the launcher sends none
-    when it already did, after a Ctrl-C).
+    Composer's launcher reports the first rank it finds exited (in rank order, every 0.1 s) and prints
+    the whole captured log of any rank that exits with a status of its own; a rank ended by SIGTERM
+    it counts as one it killed. So local rank 0 carries the exit status and the others end by
+    SIGTERM, after it: from the launcher (which sends it as soon as it sees rank 0 exit) or their own.
+    Local rank 0 is found among the launcher's children by its LOCAL_RANK.
     """
     import os
     import time
@@ -66,5 +66,31 @@ def leave_after_local_rank_zero(grace_seconds: float = 3.0) -> None:
     if os.environ.get('LOCAL_RANK', '0') == '0':
         return
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    time.sleep(grace_seconds)
+    zero = _local_rank_zero()
+    deadline = time.monotonic() + timeout_s
+    while zero is not None and time.monotonic() < deadline and _running(zero):
+        time.sleep(0.05)
     os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _local_rank_zero():
+    import os
+
+    import psutil
+
+    try:
+        for sibling in psutil.Process(os.getppid()).children():
+            if sibling.pid != os.getpid() and sibling.environ().get('LOCAL_RANK') == '0':
+                return sibling
+    except (psutil.Error, OSError):
+        pass
+    return None
+
+
+def _running(process) -> bool:
+    import psutil
+
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
