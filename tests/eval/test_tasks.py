@@ -154,3 +154,21 @@ def test_gauntlet_arithmetic_by_hand():
     no_rescale = parse_gauntlet({'rescale_accuracy': False, 'categories': [
         {'name': 'a', 'benchmarks': [{'name': 'x', 'num_fewshot': 0, 'random_baseline': 0.25}]}]})
     assert compute_gauntlet(no_rescale, results)['averages']['average'] == pytest.approx(0.30)
+
+
+def test_has_categories_reports_each_category(tokenizer, tiny_model, tmp_path):
+    with open(f'{SMOKE}/english_mc.jsonl') as f:
+        rows = [json.loads(line) for line in f][:10]
+    path = tmp_path / 'mc.jsonl'
+    path.write_text(''.join(json.dumps({**r, 'category': 'odd' if i % 2 else 'even'}) + '\n' for i, r in enumerate(rows)))
+    task = ICLTaskConfig(label='mc', dataset_uri=str(path), icl_task_type='multiple_choice', has_categories=True)
+    result = evaluate(ModelRunner(tiny_model, torch.device('cpu')), tokenizer, load_tasks([task]),
+                      EvalSettings(batch_size=4, max_seq_len=64, keep_examples=True))['mc']['0-shot']
+    correct = {p['index']: p['correct'] for p in result['per_example']}
+    for name, parity in (('even', 0), ('odd', 1)):
+        mine = [correct[i] for i in range(10) if i % 2 == parity]
+        assert result['categories'][name] == {'scored': 5, 'accuracy': sum(mine) / 5,
+                                              'accuracy_sum': result['categories'][name]['accuracy_sum']}
+    path.write_text(json.dumps(rows[0]) + '\n')
+    with pytest.raises(DataError, match='has_categories: true, so every example needs a string "category"'):
+        load_examples(task)
