@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 STACK_FILES := $(wildcard stacks/$(STACK).lock stacks/$(STACK).overrides) pyproject.toml stacks/install.sh
 STAMP := $(VENV)/.installed-$(shell cat $(STACK_FILES) | cksum | cut -d' ' -f1)
 
-.PHONY: setup demo test test-fast lock gpu-wheels clean
+.PHONY: setup demo demo-finetune test test-fast lock gpu-wheels clean
 
 setup: $(STAMP)
 
@@ -21,6 +21,10 @@ $(STAMP): $(STACK_FILES)
 # Build the embedded corpus and tokenizer, train a small MPT on 2 CPU processes, summarise.
 demo: setup
 	$(BIN)/python launch/demo.py
+
+# After `make demo`: instruction-tune its model (docstring -> function, responses only, packed).
+demo-finetune: setup
+	$(BIN)/python launch/demo_finetune.py
 
 # Everything, including the slow end-to-end runs through the real composer launcher.
 test: setup

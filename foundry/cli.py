@@ -59,6 +59,12 @@ def _print_streams(label: str, loader: dict, max_duration, global_batch_size: in
     """Weight, size (where the index is reachable) and run epochs of every stream."""
     from foundry.data.mixture import describe_mixture, format_mixture
 
+    if loader.get('name') == 'finetuning':  # prompt/response or chat data, not a stream mixture
+        from foundry.data.finetuning.settings import describe_finetuning
+
+        print('\n'.join(describe_finetuning(label, loader)))
+        return
+
     report = describe_mixture(label, loader, max_duration=max_duration,
                               global_batch_size=global_batch_size, seq_len=seq_len)
     print(format_mixture(report, global_batch_size, seq_len, max_duration))

@@ -9,7 +9,7 @@ from foundry.data.errors import DataError
 from foundry.data.finetuning.tokenize import OVERLONG_CHOICES, parse_targets
 from foundry.data.loader_keys import FINETUNING_DATASET_KEYS, FINETUNING_LOADER_KEYS, with_defaults
 
-__all__ = ['resolve_settings', 'check_finetuning_section']
+__all__ = ['resolve_settings', 'check_finetuning_section', 'describe_finetuning']
 
 
 def resolve_settings(loader_cfg: Mapping[str, Any], path: str = 'loader') -> tuple[dict, dict]:
@@ -57,3 +57,48 @@ def check_finetuning_section(section: Mapping[str, Any], path: str) -> None:
         resolve_settings(section, path)
     except DataError as err:
         raise ConfigError(str(err).rstrip('.')) from None
+
+
+def describe_finetuning(label: str, section: Mapping[str, Any]) -> list[str]:
+    """What `foundry info` says about a finetuning loader: its settings and where its data is."""
+    import json
+    import os
+
+    try:
+        _, ds = resolve_settings(section, label)
+    except DataError as err:
+        return [f'{label}: finetuning ({err})']
+    packing = 'off' if ds['packing_ratio'] is None else ds['packing_ratio']
+    lines = [f'{label}: finetuning, max_seq_len {ds["max_seq_len"]}, packing_ratio {packing}, '
+             f'target_prompts {ds["target_prompts"]}, target_responses {ds["target_responses"]}, '
+             f'overlong {ds["overlong"]}']
+    if ds['hf_name'] is not None:
+        path = os.path.expanduser(str(ds['hf_name']))
+        if os.path.isfile(path):
+            where = f'file, {os.path.getsize(path) / 1e6:.2f} MB'
+        elif os.path.isdir(path):
+            from foundry.data.finetuning.sources import _folder_files
+
+            try:
+                files = _folder_files(path, ds['split'])
+                size = sum(os.path.getsize(f) for f in files)
+                where = f'folder, {len(files)} file(s) for split {ds["split"]}, {size / 1e6:.2f} MB'
+            except DataError as err:
+                where = str(err)
+        elif str(ds['hf_name']).startswith(('.', '/', '~')):
+            where = 'not found'
+        else:
+            where = 'a datasets name, read when training starts'
+        lines.append(f'  data: hf_name {ds["hf_name"]} ({where})')
+    else:
+        source = ds['local'] or ds['remote']
+        index = os.path.join(os.path.expanduser(str(source)), ds['split'] or '', 'index.json')
+        if os.path.isfile(index):
+            with open(index) as handle:
+                shards = json.load(handle).get('shards', [])
+            samples = sum(int(s.get('samples', 0)) for s in shards)
+            where = f'MDS, {samples:,} examples in {len(shards)} shard(s)'
+        else:
+            where = 'MDS, index not read here'
+        lines.append(f'  data: {source} [split {ds["split"]}] ({where})')
+    return lines
