@@ -41,6 +41,8 @@ from foundry.stopping import INTERRUPT_EXIT_CODE, SIGNALS, RunStopped
 
 log = logging.getLogger(__name__)
 
+_KINDS = ('SIGTERM', 'SIGUSR1', 'SIGINT')
+
 
 class Preemption(Callback):
     """Installs the signal handlers (`install()`, main thread) and stops training at a batch boundary."""
@@ -124,13 +126,16 @@ class Preemption(Callback):
         import torch
         import torch.distributed as tdist
 
-        flag = torch.tensor([0 if self.signal_name is None else 1], dtype=torch.int32)
+        # 0: none; else 1 + the signal's place in _KINDS (the max wins: a Ctrl-C anywhere is a Ctrl-C).
+        code = 0 if self.signal_name is None else 1 + _KINDS.index(self.signal_name)
+        flag = torch.tensor([code], dtype=torch.int32)
         if tdist.is_available() and tdist.is_initialized() and tdist.get_world_size() > 1:
             tdist.all_reduce(flag, op=tdist.ReduceOp.MAX, group=self._group)
-        if flag.item() and self.signal_name is None:
-            self.signal_name = 'a signal to another rank'
+        agreed = int(flag.item())
+        if agreed and self.signal_name is None:  # the signal reached other ranks only
+            self.signal_name = _KINDS[agreed - 1]
             threading.Thread(target=self._enforce_deadline, name='foundry-preemption-deadline', daemon=True).start()
-        return bool(flag.item())
+        return agreed > 0
 
     # -- after fit -----------------------------------------------------------------------------
     def finish(self, trainer) -> None:
