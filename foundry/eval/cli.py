@@ -59,22 +59,23 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def _relaunch(args: argparse.Namespace) -> int:
     composer = shutil.which('composer') or os.path.join(os.path.dirname(sys.executable), 'composer')
-    argv = [a for a in sys.argv[1:] if a != 'eval']
-    argv = _without_option(argv, '--nproc')
-    cmd = [composer, '-n', str(args.nproc), '-m', 'foundry.eval.cli', *argv]
+    cmd = [composer, '-n', str(args.nproc), '-m', 'foundry.eval.cli', *_argv_from(args)]
     return subprocess.run(cmd).returncode
 
 
-def _without_option(argv: list[str], name: str) -> list[str]:
-    out, skip = [], False
-    for a in argv:
-        if skip:
-            skip = False
-        elif a == name:
-            skip = True
-        elif not a.startswith(name + '='):
-            out.append(a)
-    return out
+def _argv_from(args: argparse.Namespace) -> list[str]:
+    """The command line each launched process gets: the same options, without --nproc."""
+    argv = [args.src, args.tasks]
+    for name, value in (('--gauntlet', args.gauntlet), ('--out', args.out), ('--batch-size', args.batch_size),
+                        ('--max-seq-len', args.max_seq_len), ('--eval-split', args.eval_split),
+                        ('--eval-batches', args.eval_batches), ('--device', args.device),
+                        ('--precision', args.precision), ('--meta', args.meta)):
+        if value is not None:
+            argv += [name, str(value)]
+    for path in args.eval_data:
+        argv += ['--eval-data', path]
+    argv += ['--no-share-context'] * args.no_share_context + ['--examples'] * args.examples
+    return argv
 
 
 def run_eval(args: argparse.Namespace) -> int:
