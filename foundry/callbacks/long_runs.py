@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Optional
 
 from composer.core import Callback
@@ -25,6 +26,8 @@ class LongRun:
         self.run_folder = plan.run_folder
         self.save_folder: Optional[str] = format_name_with_dist(cfg.save_folder, plan.run_name) if cfg.save_folder else None
         self.preemption: Optional[Preemption] = None
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers belong to the main thread (train() called from another one: a notebook's)
         if cfg.preemption.enabled:
             self.preemption = Preemption(cfg.preemption.deadline_s, cfg.preemption.exit_code, self.save_folder,
                                          plan.autoresume)
