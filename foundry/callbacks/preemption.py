@@ -77,6 +77,10 @@ class Preemption(Callback):
             if signum == signal.SIGINT and self.signal_name == 'SIGINT':
                 _exit_now(f'foundry: second Ctrl-C: stopping now, without a checkpoint; {self._resume_hint()}',
                           INTERRUPT_EXIT_CODE)
+            if signum == signal.SIGINT:
+                # A Ctrl-C reaches the launcher too, whose SIGTERM to the ranks can be handled first: the
+                # stop under way is the Ctrl-C's (exit status 130).
+                self.signal_name = 'SIGINT'
             return  # one stop at a time (Composer's launcher follows a Ctrl-C with SIGTERM)
         self.signal_name = name
         if self.phase == 'done':
@@ -132,9 +136,11 @@ class Preemption(Callback):
         if tdist.is_available() and tdist.is_initialized() and tdist.get_world_size() > 1:
             tdist.all_reduce(flag, op=tdist.ReduceOp.MAX, group=self._group)
         agreed = int(flag.item())
-        if agreed and self.signal_name is None:  # the signal reached other ranks only
+        if agreed > code:  # the signal (or the Ctrl-C) reached other ranks only
+            if self.signal_name is None:
+                threading.Thread(target=self._enforce_deadline, name='foundry-preemption-deadline',
+                                 daemon=True).start()
             self.signal_name = _KINDS[agreed - 1]
-            threading.Thread(target=self._enforce_deadline, name='foundry-preemption-deadline', daemon=True).start()
         return agreed > 0
 
     # -- after fit -----------------------------------------------------------------------------
