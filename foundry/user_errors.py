@@ -32,12 +32,18 @@ def local_rank() -> int:
 
 
 def report_user_error(message: str, every_rank: bool = False, grace_seconds: float = 30.0) -> int:
-    """Print `foundry: message` (local rank 0, or every rank with `every_rank`) and return the exit status.
+    """Print `foundry: message` once per launch and return the exit status.
 
-    Ranks other than local rank 0 then wait for the launcher's SIGTERM (see the module docstring).
+    Local rank 0 (or every rank, with `every_rank`) prints at once. The other ranks wait for the
+    launcher's SIGTERM, which comes when local rank 0 exited with the same error; one that outlives
+    the wait met the error alone (a shard only it reads, say), so it prints the line after all.
     """
-    if every_rank or local_rank() == 0:
-        print(f'foundry: {" ".join(str(message).split())}', file=sys.stderr, flush=True)
+    line = f'foundry: {" ".join(str(message).split())}'
+    if not every_rank and local_rank() != 0 and 'LOCAL_RANK' in os.environ:
+        wait_for_launcher(grace_seconds)
+        print(line, file=sys.stderr, flush=True)
+        return USER_ERROR_EXIT
+    print(line, file=sys.stderr, flush=True)
     wait_for_launcher(grace_seconds)
     return USER_ERROR_EXIT
 

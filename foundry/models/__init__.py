@@ -57,9 +57,12 @@ def build_mpt_causal_lm(model_cfg: dict, tokenizer: Any = None) -> "ComposerMPTC
         raise ValueError(f"model.loss_fn must be one of {LOSS_FNS}, got {loss_fn!r}")
     config = model_config_from_section(model_cfg)  # reads pretrained_model_name_or_path's config.json if set
     if tokenizer is not None and len(tokenizer) > config.vocab_size:
-        raise ValueError(
-            f"model.vocab_size ({config.vocab_size}) is smaller than the tokenizer's vocabulary "
-            f"({len(tokenizer)}); token ids past the embedding table would crash training")
+        from foundry.config.errors import ConfigError  # a ValueError: one config-error line from main()
+
+        raise ConfigError(
+            f"`model.vocab_size` ({config.vocab_size}) is smaller than the tokenizer's vocabulary "
+            f"({len(tokenizer)}); token ids past the embedding table would crash training: set model.vocab_size "
+            f"to at least {len(tokenizer)}")
     return ComposerMPTCausalLM(config, tokenizer=tokenizer, loss_fn=loss_fn)
 
 

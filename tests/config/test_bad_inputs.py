@@ -349,3 +349,19 @@ def test_runtime_fault_traceback_goes_to_the_run_folder(tmp_path, monkeypatch):
     assert path == str(tmp_path / 'run' / 'error-rank1.log')
     text = open(path).read()
     assert 'Traceback (most recent call last)' in text and 'RuntimeError: deep inside' in text
+
+
+def test_a_rank_that_alone_meets_an_error_still_says_it(monkeypatch, capsys):
+    """Ranks but local rank 0 stay quiet while the launcher may still end them; one that outlives the wait
+    (local rank 0 did not fail: the error was this rank's alone) prints the line after all."""
+    import signal
+
+    from foundry.user_errors import report_user_error
+
+    monkeypatch.setenv('LOCAL_RANK', '1')
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        assert report_user_error('data error: shard 7 is truncated', grace_seconds=0.3) == 2
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert capsys.readouterr().err == 'foundry: data error: shard 7 is truncated\n'
