@@ -96,6 +96,9 @@ def run_eval(args: argparse.Namespace) -> int:
     if gauntlet is not None:
         check_against_tasks(gauntlet, tasks)
 
+    start = time.perf_counter()
+    # Before any process group exists: with one, torch's distributed checkpoint reader turns collective.
+    model, tokenizer = load_model(args.src, args.meta)
     world = int(os.environ.get('WORLD_SIZE', '1'))
     collectives = Collectives()
     if world > 1:
@@ -106,8 +109,6 @@ def run_eval(args: argparse.Namespace) -> int:
         dist.initialize_dist(device_kind)
         collectives = composer_collectives()
     device = torch.device('cuda', torch.cuda.current_device()) if device_kind == 'gpu' else torch.device('cpu')
-    start = time.perf_counter()
-    model, tokenizer = load_model(args.src, args.meta)
     model.to(device).eval()
     precision = args.precision or ('bf16' if device_kind == 'gpu' else 'fp32')
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if precision == 'bf16' else contextlib.nullcontext

@@ -24,8 +24,9 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
+from transformers import DynamicCache
+
 from foundry.eval.prompts import Item
-from foundry.models.mpt.modeling import CACHE_NAME
 
 
 @dataclass
@@ -55,16 +56,28 @@ class ModelRunner:
 
     def __call__(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None, cache=None,
                  use_cache: bool = False):
+        if use_cache and cache is None:
+            cache = _LeafCache()
         with torch.no_grad(), self.precision_context():
             out = self.model(input_ids=input_ids.to(self.device),
                              attention_mask=None if attention_mask is None else attention_mask.to(self.device),
                              past_key_values=cache, use_cache=use_cache)
         self.forwards += 1
-        return out.logits.float(), (getattr(out, CACHE_NAME) if use_cache else None)
+        return out.logits.float(), cache
 
     def idle_forward(self) -> None:
         """A one-token pass whose result is dropped: keeps a rank in step with ranks that have more work."""
         self(torch.full((1, 1), self.pad_id, dtype=torch.long))
+
+
+class _LeafCache(DynamicCache):
+    """A DynamicCache that torch's pytree treats as one opaque leaf.
+
+    transformers 4.x registers DynamicCache as a pytree node, and FSDP2 maps over each sharded block's
+    forward arguments with pytree, so every block appended its keys and values to a rebuilt copy and the
+    caller's cache stayed empty (seen as a mask/bias length mismatch on the second pass under FSDP on the
+    stable stack). Registration is by exact type, so a subclass is passed through as the same object.
+    """
 
 
 # ---------------------------------------------------------------- planning
