@@ -1,9 +1,9 @@
-"""Bad inputs through the real launcher (`composer -n 2 launch/train.py`): the one line, once, and quickly.
+"""A model-rule mistake through the real launcher (`composer -n 2 launch/train.py`): one line, once.
 
-tests/config/test_bad_inputs.py runs the whole table in-process; here two of its cases go through Composer's
-launcher, where every rank validates the same YAML: local rank 0 prints the line, rank 1 stays quiet (the
-launcher prints no block of its output), the exit status is 2. One case is refused before torch is
-imported, one by MPTConfig (which needs torch and transformers).
+tests/config/test_bad_inputs.py runs the whole table in-process, and tests/e2e/test_train_launcher.py sends a
+misspelt key (refused before torch is imported) through the launcher; this case is refused by MPTConfig in
+each rank (torch and transformers imported, the modeling code not): local rank 0 prints the line, rank 1
+stays quiet (the launcher prints no block of its output), the exit status is 2.
 """
 
 import time
@@ -16,7 +16,6 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.mark.parametrize('override, expected', [
-    ('max_duration=banana', "foundry: config error: `max_duration` is 'banana', which is not a duration"),
     ('model.n_heads=3', 'foundry: config error: `model.d_model`: d_model (32) must be divisible by n_heads (3)'),
 ])
 def test_config_error_is_one_line_from_local_rank_zero_only(override, expected, tiny_data, tmp_path):

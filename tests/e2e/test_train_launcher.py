@@ -30,6 +30,9 @@ def test_two_process_fsdp_run_trains_and_writes_a_sharded_checkpoint(tiny_data, 
 
 def test_misspelt_key_fails_fast_with_one_clear_line(tiny_data, tmp_path):
     result = launch(tiny_overrides(tiny_data, str(tmp_path), 'optimizer.lrr=1e-3'))
-    assert result.returncode != 0
+    assert result.returncode == 2
     assert 'foundry: config error: unknown key `optimizer.lrr`: did you mean `optimizer.lr`?' in result.stderr
-    assert 'Traceback' not in result.stderr
+    output = result.stdout + result.stderr
+    assert 'Traceback' not in output
+    assert output.count('foundry:') == 1, output  # once: local rank 0; rank 1 ends quietly by the launcher's SIGTERM
+    assert 'Begin global rank 1' not in output
