@@ -86,6 +86,8 @@ def runtime_fault(exc: BaseException, cfg=None) -> Optional[str]:
         return _wandb_fault(text)
     if module.startswith(('botocore', 'boto3', 's3transfer')):
         return _object_store_fault(exc, text)
+    if type(exc).__name__ == 'UploadError' and module == 'foundry.checkpoint.store':
+        return text  # already one line naming bucket, key and the local copies (foundry/checkpoint/uploads.py)
     if isinstance(exc, RuntimeError) and ('size mismatch' in text or 'shape' in text and 'mismatch' in text):
         where = getattr(cfg, 'load_path', None) or getattr(cfg, 'save_folder', None) or 'the checkpoint'
         first = text.split('size mismatch for ', 1)[-1].split('. ')[0][:300]

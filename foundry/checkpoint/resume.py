@@ -183,7 +183,9 @@ def finish_start(setup: CheckpointSetup, trainer) -> None:
 
     saver = getattr(trainer, '_checkpoint_saver', None)
     if saver is not None and getattr(saver, 'remote_uploader', None) is not None:
-        _report_upload_failures(saver, state.run_name, start.save_folder)
+        from foundry.checkpoint.uploads import guard_checkpoint_uploads
+
+        guard_checkpoint_uploads(saver, state.run_name, start.save_folder)  # retries, then one line naming the key
     poll = os.environ.get('FOUNDRY_UPLOAD_POLL_S')
     if saver is not None and poll:
         # How often Composer checks that a checkpoint's uploads landed before it moves the remote
@@ -334,39 +336,6 @@ def _seed_rotation(trainer, start: StartPlan) -> None:
     older = [r for r in LocalSaveFolder(start.save_folder).checkpoints() if r.batch <= start.resume.batch]
     saved = [os.path.join(r.location, '__0_0.distcp') if r.kind == 'sharded' else r.location for r in older]
     saver.saved_checkpoints = saved + [p for p in saver.saved_checkpoints if p not in saved]
-
-
-def _report_upload_failures(saver, run_name: str, remote: Optional[str]) -> None:
-    """Make a failed checkpoint upload say where the checkpoints are kept before Composer stops the run.
-
-    Composer uploads checkpoints in worker processes; boto3 retries each request (3 attempts in its
-    adaptive mode, AWS_MAX_ATTEMPTS to change) and Composer raises the last error at the next batch
-    end (or at fit end). Its local copies sit in a temporary folder nobody is told about; this wraps
-    the two places the error surfaces so the log names that folder and what is in it.
-    """
-    from composer.utils import format_name_with_dist
-
-    uploader = saver.remote_uploader
-    local = format_name_with_dist(saver.folder, run_name)
-    reported = []
-
-    def reporting(method):
-        def wrapper(*args, **kwargs):
-            try:
-                return method(*args, **kwargs)
-            except Exception as e:
-                if reported:  # Composer asks again while closing; one report is enough
-                    raise
-                reported.append(e)
-                kept = sorted(r.name for r in LocalSaveFolder(local).checkpoints()) if os.path.isdir(local) else []
-                log.error('checkpoint upload to %s failed after retries (%s: %s). Training stops; the checkpoints '
-                          'written so far are kept on local disk in %s: %s', remote, type(e).__name__, e, local,
-                          ', '.join(kept) or 'none')
-                raise
-        return wrapper
-
-    uploader.check_workers = reporting(uploader.check_workers)
-    uploader.wait = reporting(uploader.wait)
 
 
 def _on_rank_zero(fn):

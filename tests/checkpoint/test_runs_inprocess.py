@@ -140,7 +140,8 @@ def test_failed_checkpoint_upload_is_retried_then_reported_with_the_local_copy(t
             except OSError:
                 time.sleep(0.2)
         for k, v in {'S3_ENDPOINT_URL': url, 'AWS_ACCESS_KEY_ID': 't', 'AWS_SECRET_ACCESS_KEY': 't',
-                     'AWS_DEFAULT_REGION': 'us-east-1', 'FOUNDRY_UPLOAD_POLL_S': '1'}.items():
+                     'AWS_DEFAULT_REGION': 'us-east-1', 'FOUNDRY_UPLOAD_POLL_S': '1', 'FOUNDRY_UPLOAD_ATTEMPTS': '2',
+                     'FOUNDRY_UPLOAD_FIRST_WAIT_S': '0.2'}.items():
             monkeypatch.setenv(k, v)
         boto3.client('s3', endpoint_url=url).create_bucket(Bucket='going-away')
         original = resume.finish_start
@@ -157,15 +158,21 @@ def test_failed_checkpoint_upload_is_retried_then_reported_with_the_local_copy(t
     finally:
         if server.poll() is None:
             server.kill()
-    assert 'Could not connect to the endpoint URL' in str(err.value) or 'EndpointConnectionError' in repr(err.value)
-    report = next(r.getMessage() for r in caplog.records if 'checkpoint upload to' in r.getMessage())
-    assert 'checkpoint upload to s3://going-away/tiny/ckpt failed after retries' in report
-    local = report.split('kept on local disk in ')[1].split(':')[0]
+    # Retried with backoff, then one line naming bucket and key (foundry/checkpoint/uploads.py).
+    from foundry.checkpoint.store import UploadError
+
+    assert isinstance(err.value, UploadError), repr(err.value)
+    report = str(err.value)
+    assert '\n' not in report
+    assert report.startswith('checkpoint upload failed: s3://going-away/tiny/ckpt/ep0-ba2/')
+    assert 'could not be written (2 attempts with backoff; last error: EndpointConnectionError' in report
+    assert "latest-rank0.pt still names no checkpoint of this run" in report
+    local = report.split('on local disk in ')[1].split(': ')[0]
     from foundry.checkpoint.layout import LocalSaveFolder
 
     kept = LocalSaveFolder(local).checkpoints()
     assert kept and all(LocalSaveFolder(local).problem(r) is None for r in kept)
-    assert report.endswith(', '.join(r.name for r in kept))
+    assert ', '.join(r.name for r in kept) + '. Check the endpoint' in report
     shutil.rmtree(local[:-len('/tiny/ckpt')], ignore_errors=True)  # Composer's temporary folder for remote saves
 
 
