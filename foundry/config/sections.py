@@ -15,7 +15,7 @@ from foundry.config.schema import TrainConfig
 from foundry.config.validate import check_keys, convert
 
 # llm-foundry model keys that are not MPTConfig arguments but are accepted for compatibility.
-EXTRA_MODEL_KEYS = ('loss_fn',)
+EXTRA_MODEL_KEYS = ('loss_fn', 'pretrained_model_name_or_path')
 
 
 def model_key_types() -> dict[str, Any]:
@@ -27,6 +27,10 @@ def model_key_types() -> dict[str, Any]:
     keys = {n: hints.get(n, Any) for n, p in params.items()
             if n != 'self' and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
     keys.update({k: str for k in EXTRA_MODEL_KEYS})
+    # llm-foundry's switches for features foundry lacks: MPTConfig accepts each at its "off" value.
+    from foundry.models.mpt.foreign_keys import FOREIGN_TOP_KEYS
+
+    keys.update({k: Any for k in FOREIGN_TOP_KEYS})
     return keys
 
 
@@ -42,7 +46,10 @@ def check_model(section: dict[str, Any]) -> None:
         if key not in types_by_key:
             raise unknown_key_error('model', str(key), types_by_key)
         convert(value, types_by_key[key], f'model.{key}')
-    for sub, defaults in (('attn_config', ATTN_CONFIG_DEFAULTS), ('init_config', INIT_CONFIG_DEFAULTS)):
+    from foundry.models.mpt.foreign_keys import FOREIGN_ATTN_KEYS
+
+    attn_keys = {**ATTN_CONFIG_DEFAULTS, **{k: None for k in FOREIGN_ATTN_KEYS}}
+    for sub, defaults in (('attn_config', attn_keys), ('init_config', INIT_CONFIG_DEFAULTS)):
         if section.get(sub) is not None:
             check_keys(section[sub], defaults, f'model.{sub}')
     loss_fn = section.get('loss_fn', DEFAULT_LOSS_FN)
