@@ -47,7 +47,9 @@ def _whole_checkpoints(folder) -> list[int]:
 
 
 def test_sigterm_and_ctrl_c_checkpoint_and_exit_then_the_same_command_resumes_exactly(reference, tiny_data, tmp_path):
-    args = overrides(tiny_data, str(tmp_path))
+    # A deadline far above what the stop needs, so that a loaded CI machine tests the checkpoint path, not the
+    # deadline (tests/callbacks/test_preemption_signals.py tests that one).
+    args = overrides(tiny_data, str(tmp_path), None, 'preemption.deadline_s=300')
     metrics = str(tmp_path / 'run' / 'metrics.jsonl')
     checkpoints = tmp_path / 'checkpoints'
 
