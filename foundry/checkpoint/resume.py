@@ -250,7 +250,7 @@ def plan_start(cfg, autoresume: bool, save_folder: Optional[str], kind: str) -> 
         reason = 'autoresume: false' if cfg.autoresume is False else 'run_name or save_folder not set'
         start.lines.append(f'autoresume: off ({reason}); this run starts at batch 0'
                            + (f' from {cfg.load_path}' if cfg.load_path else ''))
-    pretrained = (cfg.model or {}).get('pretrained_model_name_or_path')
+    pretrained = (getattr(cfg, 'model', None) or {}).get('pretrained_model_name_or_path')
     if cfg.load_path:
         _plan_load_path(cfg, start, kind)
         if pretrained:
