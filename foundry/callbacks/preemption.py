@@ -31,7 +31,6 @@ import os
 import signal
 import sys
 import threading
-import time
 from typing import Optional
 
 from composer.core import Callback, State
