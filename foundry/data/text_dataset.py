@@ -142,6 +142,12 @@ class StreamingTextDataset(StreamingDataset):
         leader = int(os.environ.get('LOCAL_RANK', '0')) == 0
         with shm_guard.registration(leader, prepare=lambda: _refresh_stale_caches(
                 streams, kwargs.get('split'))):
+            if leader:
+                # Streaming finds another job's `local` only by scanning prefixes up to its first free
+                # one, so a gap left by an ended dataset hides a live job above it: look at all of them.
+                conflict = _local_in_use_error(streams, kwargs.get('split'))
+                if conflict is not None:
+                    raise conflict
             try:
                 super().__init__(**kwargs)
             except DataError:
@@ -426,6 +432,25 @@ def _refresh_stale_caches(streams: list[Stream], default_split: str | None) -> N
         os.unlink(local_index)
 
 
+def _local_in_use_error(streams: list[Stream], default_split: str | None,
+                        always: bool = False) -> DataError | None:
+    """The error for `local` folders another job's shared memory has registered (None: none has)."""
+    locals_ = [os.path.abspath(os.path.join(s.local, getattr(s, 'split', None) or
+                                            default_split or '')) for s in streams if s.local]
+    owners = []
+    for prefix in shm_guard.conflicting_prefixes(locals_):
+        state = shm_guard.prefix_in_use(prefix)
+        owners.append(f'shared-memory prefix {prefix:06d} '
+                      + ('held by a live foundry run' if state else
+                         'not created by foundry (cannot tell whether its owner is alive)'))
+    if not owners and not always:
+        return None
+    return DataError(
+        f'another job on this machine is using the same `local` folder ({", ".join(locals_)}'
+        f'; {"; ".join(owners) or "owner unknown"}). Give each run its own `local`, or '
+        'omit `local` to get a private per-run cache folder.')
+
+
 def _friendly_init_error(err: ValueError, streams: list[Stream],
                          default_split: str | None) -> Exception:
     text = str(err)
@@ -433,18 +458,7 @@ def _friendly_init_error(err: ValueError, streams: list[Stream],
         if ' vs ' not in text:
             return DataError(f'two streams of this dataset use the same local folder ({text}); '
                              'give each stream its own `local`, or omit `local`.')
-        locals_ = [os.path.abspath(os.path.join(s.local, getattr(s, 'split', None) or
-                                                default_split or '')) for s in streams]
-        owners = []
-        for prefix in shm_guard.conflicting_prefixes(locals_):
-            state = shm_guard.prefix_in_use(prefix)
-            owners.append(f'shared-memory prefix {prefix:06d} '
-                          + ('held by a live foundry run' if state else
-                             'not created by foundry (cannot tell whether its owner is alive)'))
-        return DataError(
-            f'another job on this machine is using the same `local` folder ({", ".join(locals_)}'
-            f'; {"; ".join(owners) or "owner unknown"}). Give each run its own `local`, or '
-            'omit `local` to get a private per-run cache folder.')
+        return _local_in_use_error(streams, default_split, always=True)
     if 'cache limit' in text.lower() or 'cache_limit' in text:
         return DataError(f'cache_limit is too small: {text}')
     return err
