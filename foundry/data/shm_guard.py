@@ -150,6 +150,11 @@ def claim_prefix(prefix: int) -> None:
     _held[prefix] = (fd, os.getpid())
 
 
+def held_here(prefix: int) -> bool:
+    """Whether this process claimed `prefix` (a dataset it built earlier may still hold it)."""
+    return _held.get(prefix, (None, None))[1] == os.getpid()
+
+
 def release_prefix(prefix: int) -> None:
     """Drop this process's claim (the dataset that registered ``prefix`` is gone): its owner
     file and streaming's filelocks of the prefix are removed, the lock released."""

@@ -144,8 +144,9 @@ class StreamingTextDataset(StreamingDataset):
                 streams, kwargs.get('split'))):
             if leader:
                 # Streaming finds another job's `local` only by scanning prefixes up to its first free
-                # one, so a gap left by an ended dataset hides a live job above it: look at all of them.
-                conflict = _local_in_use_error(streams, kwargs.get('split'))
+                # one, so a gap left by an ended dataset hides a live job above it: look at all of them
+                # for one a live foundry run in another process holds.
+                conflict = _local_in_use_error(streams, kwargs.get('split'), other_live_runs_only=True)
                 if conflict is not None:
                     raise conflict
             try:
@@ -432,14 +433,16 @@ def _refresh_stale_caches(streams: list[Stream], default_split: str | None) -> N
         os.unlink(local_index)
 
 
-def _local_in_use_error(streams: list[Stream], default_split: str | None,
-                        always: bool = False) -> DataError | None:
+def _local_in_use_error(streams: list[Stream], default_split: str | None, always: bool = False,
+                        other_live_runs_only: bool = False) -> DataError | None:
     """The error for `local` folders another job's shared memory has registered (None: none has)."""
     locals_ = [os.path.abspath(os.path.join(s.local, getattr(s, 'split', None) or
                                             default_split or '')) for s in streams if s.local]
     owners = []
     for prefix in shm_guard.conflicting_prefixes(locals_):
         state = shm_guard.prefix_in_use(prefix)
+        if other_live_runs_only and (not state or shm_guard.held_here(prefix)):
+            continue
         owners.append(f'shared-memory prefix {prefix:06d} '
                       + ('held by a live foundry run' if state else
                          'not created by foundry (cannot tell whether its owner is alive)'))
