@@ -91,3 +91,47 @@ def no_process_group():
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
     yield
+
+
+# mosaicml-streaming registers every SharedMemory it opens with atexit (its cleanup at exit), which keeps
+# the object alive, and with it one open file descriptor per segment, until the process ends. In one long
+# pytest process with hundreds of datasets that passes the open-files limit (Errno 24). The mapping does
+# not need the descriptor once made, so it is closed after each test; streaming's cleanup at exit then
+# finds it closed (multiprocessing's SharedMemory.close skips a descriptor of -1).
+_STREAMING_SHMS: list = []
+
+
+def _track_streaming_shared_memory() -> None:
+    try:
+        from streaming.base.shared import memory
+    except ImportError:
+        return
+    original = memory.SharedMemory.__init__
+    if getattr(original, '_foundry_tracked', False):
+        return
+
+    def tracked(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        _STREAMING_SHMS.append(self)
+
+    tracked._foundry_tracked = True
+    memory.SharedMemory.__init__ = tracked
+
+
+_track_streaming_shared_memory()
+
+
+@pytest.fixture(autouse=True)
+def _close_streaming_shared_memory_descriptors():
+    yield
+    while _STREAMING_SHMS:
+        wrapper = _STREAMING_SHMS.pop()
+        for shm in {id(s): s for s in [getattr(wrapper, 'shm', None), *getattr(wrapper, 'created_shms', []),
+                                       *getattr(wrapper, 'opened_shms', [])] if s is not None}.values():
+            fd = getattr(shm, '_fd', -1)
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+                shm._fd = -1
