@@ -14,56 +14,24 @@ resolver backtracks through dozens of google-api-core releases for this package 
 
 from __future__ import annotations
 
-import fcntl
-import os
-import subprocess
 import sys
-import venv
 from pathlib import Path
 
+from bench_venv import ensure_bench_venv, venv_python as _venv_python
+
 LLMFOUNDRY_VERSION = "0.22.0"
-REPO = Path(__file__).resolve().parents[2]
-BENCH_DIR = REPO / ".bench"
-VENV_DIR = BENCH_DIR / "llmfoundry-venv"
-LOCK_FILE = BENCH_DIR / "llmfoundry-venv.lock"
-READY_FILE = VENV_DIR / ".ready"
+NAME = "llmfoundry-venv"
 PIP_ARGS = [f"llm-foundry=={LLMFOUNDRY_VERSION}"]
+CHECK = "import llmfoundry, composer, torch; print(llmfoundry.__version__, composer.__version__, torch.__version__)"
 
 
 def venv_python() -> Path:
-    return VENV_DIR / "bin" / "python"
-
-
-def _installer() -> list[str]:
-    """`uv pip` targeting the venv (pinned uv from stacks/uv.sh), else the venv's own pip."""
-    subprocess.run(["bash", "-c", "source stacks/uv.sh"], cwd=REPO, check=False)
-    uv = sorted((REPO / ".tools").glob("uv-*/bin/uv"))
-    if uv:
-        return [str(uv[-1]), "pip", "install", "--python", str(venv_python())]
-    return [str(venv_python()), "-m", "pip", "install"]
+    return _venv_python(NAME)
 
 
 def ensure_llmfoundry_venv(log=print) -> Path:
     """The venv's python, building the venv first if no ready one exists (waits on the lock)."""
-    BENCH_DIR.mkdir(exist_ok=True)
-    with open(LOCK_FILE, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # blocks while another benchmark builds it
-        try:
-            if READY_FILE.exists():
-                return venv_python()
-            log(f"creating {VENV_DIR} with `pip install {' '.join(PIP_ARGS)}` (several GB, a few minutes)")
-            if not venv_python().exists():
-                venv.EnvBuilder(with_pip=True).create(VENV_DIR)
-            subprocess.run(_installer() + PIP_ARGS, check=True)
-            check = subprocess.run(
-                [str(venv_python()), "-c",
-                 "import llmfoundry, composer, torch; print(llmfoundry.__version__, composer.__version__, torch.__version__)"],
-                check=True, capture_output=True, text=True)
-            log(f"llm-foundry venv ready: llmfoundry/composer/torch = {check.stdout.strip()}")
-            READY_FILE.write_text(check.stdout)
-            return venv_python()
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    return ensure_bench_venv(NAME, PIP_ARGS, CHECK, log=log, note=" (several GB, a few minutes)")
 
 
 if __name__ == "__main__":

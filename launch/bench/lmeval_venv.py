@@ -12,18 +12,13 @@ targets; with a warm uv cache nothing large is downloaded).
 
 from __future__ import annotations
 
-import fcntl
-import subprocess
 import sys
-import venv
 from pathlib import Path
 
+from bench_venv import REPO, ensure_bench_venv, venv_python as _venv_python
+
 LMEVAL_VERSION = "0.4.13"
-REPO = Path(__file__).resolve().parents[2]
-BENCH_DIR = REPO / ".bench"
-VENV_DIR = BENCH_DIR / "lmeval-venv"
-LOCK_FILE = BENCH_DIR / "lmeval-venv.lock"
-READY_FILE = VENV_DIR / ".ready"
+NAME = "lmeval-venv"
 
 
 def _stable_pin(name: str) -> str:
@@ -36,43 +31,17 @@ def _stable_pin(name: str) -> str:
 # accelerate: lm-eval's hf model imports it but does not declare it.
 PIP_ARGS = [f"lm-eval=={LMEVAL_VERSION}", _stable_pin("torch"), _stable_pin("transformers"),
             _stable_pin("tokenizers"), _stable_pin("numpy"), "accelerate"]
+CHECK = ("import lm_eval, torch, transformers; from importlib.metadata import version; "
+         "print(version('lm_eval'), torch.__version__, transformers.__version__)")
 
 
 def venv_python() -> Path:
-    return VENV_DIR / "bin" / "python"
-
-
-def _installer() -> list[str]:
-    """`uv pip` targeting the venv (pinned uv from stacks/uv.sh), else the venv's own pip."""
-    subprocess.run(["bash", "-c", "source stacks/uv.sh"], cwd=REPO, check=False)
-    uv = sorted((REPO / ".tools").glob("uv-*/bin/uv"))
-    if uv:
-        return [str(uv[-1]), "pip", "install", "--python", str(venv_python())]
-    return [str(venv_python()), "-m", "pip", "install"]
+    return _venv_python(NAME)
 
 
 def ensure_lmeval_venv(log=print) -> Path:
-    """The venv's python, building the venv first if no ready one exists (waits on the lock)."""
-    BENCH_DIR.mkdir(exist_ok=True)
-    with open(LOCK_FILE, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            if READY_FILE.exists() and READY_FILE.read_text().startswith(" ".join(PIP_ARGS) + "\n"):
-                return venv_python()
-            log(f"creating {VENV_DIR} with `pip install {' '.join(PIP_ARGS)}`")
-            if not venv_python().exists():
-                venv.EnvBuilder(with_pip=True).create(VENV_DIR)
-            subprocess.run(_installer() + PIP_ARGS, check=True)
-            check = subprocess.run(
-                [str(venv_python()), "-c",
-                 "import lm_eval, torch, transformers; from importlib.metadata import version; "
-                 "print(version('lm_eval'), torch.__version__, transformers.__version__)"],
-                check=True, capture_output=True, text=True)
-            log(f"lm-eval venv ready: lm_eval/torch/transformers = {check.stdout.strip()}")
-            READY_FILE.write_text(" ".join(PIP_ARGS) + "\n" + check.stdout)
-            return venv_python()
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    """The venv's python, building (or updating) the venv first if no ready one matches (waits on the lock)."""
+    return ensure_bench_venv(NAME, PIP_ARGS, CHECK, log=log, match_args=True)
 
 
 if __name__ == "__main__":
