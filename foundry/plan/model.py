@@ -8,8 +8,10 @@ Biases only when `no_bias` is false. tests/plan checks these against a meta-devi
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
+from foundry import FoundryWarning
 from foundry.config.errors import ConfigError
 from foundry.config.schema import TrainConfig
 
@@ -96,6 +98,19 @@ def train_seq_len(cfg: TrainConfig, model_max_seq_len: int) -> int:
     return int(dataset.get('max_seq_len') or cfg.max_seq_len or model_max_seq_len)
 
 
+def _target_attn_impl(cfg: TrainConfig, c) -> str:
+    """The kernel the run gets on the planned GPUs, not on this machine.
+
+    MPTConfig resolves 'flash'/'triton' against the local install (SDPA on a CPU without
+    flash-attn); on the target, flash-attn or its flex fallback runs, neither of which builds a
+    bias tensor. With attention dropout and no flash-attn the fallback is SDPA, so plan for that.
+    """
+    requested = str((cfg.model.get('attn_config') or {}).get('attn_impl') or c.attn_config.get('attn_impl') or 'torch')
+    if requested in ('flash', 'triton'):
+        return 'torch' if c.attn_config.get('attn_pdrop') else 'flash'
+    return str(c.attn_config.get('attn_impl') or 'torch')
+
+
 def model_shape(cfg: TrainConfig) -> ModelShape:
     """The ModelShape of `cfg.model`, with MPTConfig's validation and defaults."""
     from foundry.models.mpt.loss import DEFAULT_LOSS_FN
@@ -104,7 +119,9 @@ def model_shape(cfg: TrainConfig) -> ModelShape:
     args = {k: v for k, v in cfg.model.items() if k not in _NOT_MODEL_ARGS}
     args['init_device'] = 'meta'
     try:
-        c = model_config_from_section(args)
+        with warnings.catch_warnings():  # the flash-attn fallback warning speaks of this machine, not the target
+            warnings.simplefilter('ignore', FoundryWarning)
+            c = model_config_from_section(args)
     except (TypeError, ValueError) as e:
         raise ConfigError(f'model: {e}') from None
     a = c.attn_config
@@ -125,7 +142,7 @@ def model_shape(cfg: TrainConfig) -> ModelShape:
         learned_pos_emb=bool(c.learned_pos_emb),
         tie_word_embeddings=bool(c.tie_word_embeddings),
         dropout=bool(c.resid_pdrop),
-        attn_impl=str(a.get('attn_impl') or 'torch'),
+        attn_impl=_target_attn_impl(cfg, c),
         chunked_loss=cfg.model.get('loss_fn', DEFAULT_LOSS_FN) != 'torch_crossentropy',
         ac_every_n_blocks=int(getattr(c, 'ac_every_n_blocks', 0) or 0),
     )
