@@ -26,7 +26,7 @@ import zipfile
 from dataclasses import dataclass
 from typing import Optional
 
-from foundry.export.checkpoint import CheckpointError
+from foundry.checkpoint.errors import CheckpointError
 
 LATEST = 'latest-rank0.pt'
 METADATA = '.metadata'

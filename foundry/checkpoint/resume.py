@@ -44,8 +44,8 @@ from composer.loggers import Logger
 
 from foundry.checkpoint.layout import (CheckpointRef, LocalSaveFolder, SaveFolder, is_remote,
                                        local_checkpoint_problem)
+from foundry.checkpoint.errors import CheckpointError
 from foundry.config.errors import ConfigError
-from foundry.export.checkpoint import CheckpointError
 
 log = logging.getLogger(__name__)
 

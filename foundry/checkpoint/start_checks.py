@@ -14,8 +14,8 @@ import json
 import os
 from typing import Any, Optional
 
+from foundry.checkpoint.errors import CheckpointError
 from foundry.config.durations import in_batches, parse_time
-from foundry.export.checkpoint import CheckpointError
 
 # Model keys whose values fix tensor shapes, compared with the checkpoint's hf_meta/config.json.
 _SHAPE_KEYS = ('d_model', 'n_heads', 'n_layers', 'expansion_ratio', 'vocab_size', 'no_bias', 'norm_type',
@@ -66,7 +66,7 @@ def _check_shapes(location: str, mpt_config, key: str) -> None:
     """The checkpoint's model tensors against this config's model: same names' shapes (local checkpoints)."""
     if '://' in location or not os.path.exists(location):
         return
-    from foundry.export.checkpoint import model_tensor_names
+    from foundry.checkpoint.reader import model_tensor_names
 
     try:
         saved = model_tensor_names(location)
@@ -108,7 +108,7 @@ def _model_shapes(mpt_config) -> tuple[dict[str, tuple[int, ...]], set[str]]:
 
 def _config_differences(location: str, mpt_config) -> str:
     """'model.d_model=32 where this config has 64, ...' from the hf_meta beside the checkpoint, or ''."""
-    from foundry.export.hf import META_DIRNAME
+    from foundry.checkpoint.meta import META_DIRNAME
 
     probe = os.path.dirname(os.path.abspath(location))
     path = os.path.join(probe, META_DIRNAME, 'config.json')

@@ -12,7 +12,7 @@ import os
 import time
 from typing import Callable, Optional
 
-from foundry.export.checkpoint import CheckpointError
+from foundry.checkpoint.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 

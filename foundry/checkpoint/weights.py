@@ -132,7 +132,7 @@ class CheckpointWeights:
     """The model tensors of a Composer checkpoint (sharded or full), under Hugging Face names."""
 
     def __init__(self, path: str):
-        from foundry.export.checkpoint import model_tensor_names, resolve_local_checkpoint
+        from foundry.checkpoint.reader import model_tensor_names, resolve_local_checkpoint
 
         self.folder = resolve_local_checkpoint(path)
         self._shapes = {n: tuple(s) for n, (s, _) in model_tensor_names(self.folder).items()}
@@ -141,7 +141,7 @@ class CheckpointWeights:
         return self._shapes
 
     def groups(self, names: list[str], max_bytes: int = 1 << 30) -> Iterator[dict[str, torch.Tensor]]:
-        from foundry.export.checkpoint import iter_model_tensors
+        from foundry.checkpoint.reader import iter_model_tensors
 
         wanted = set(names)
         for group in iter_model_tensors(self.folder, max_bytes=max_bytes):

@@ -155,8 +155,8 @@ def load_model(src: str, meta: Optional[str] = None):
 
     if os.path.isdir(src) and os.path.isfile(os.path.join(src, 'config.json')):
         return MPTForCausalLM.from_pretrained(src), build_tokenizer(src)
-    from foundry.export.checkpoint import iter_model_tensors, resolve_local_checkpoint
-    from foundry.export.hf import find_run_meta
+    from foundry.checkpoint.meta import find_run_meta
+    from foundry.checkpoint.reader import iter_model_tensors, resolve_local_checkpoint
     from foundry.models.mpt.configuration import MPTConfig
 
     local = resolve_local_checkpoint(src)

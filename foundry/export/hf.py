@@ -6,7 +6,8 @@ streamed from the checkpoint into safetensors shards a group at a time, so a sha
 checkpoint converts without the whole model in one process's memory.
 
 Every foundry run writes its model config and tokenizer into `{save_folder}/hf_meta/` at
-start, so a checkpoint folder describes itself; `--meta` points elsewhere if needed.
+start (foundry.checkpoint.meta), so a checkpoint folder describes itself; `--meta` points
+elsewhere if needed. Checkpoints are read through foundry.checkpoint (reader, remote).
 """
 
 from __future__ import annotations
@@ -17,32 +18,12 @@ from typing import Optional
 
 import torch
 
+from foundry.checkpoint.errors import CheckpointError
+from foundry.checkpoint.meta import META_DIRNAME, find_run_meta
+from foundry.checkpoint.reader import iter_model_tensors, resolve_local_checkpoint
 from foundry.data.tokenizer import save_tokenizer
-from foundry.export.checkpoint import CheckpointError, iter_model_tensors, resolve_local_checkpoint
 
-META_DIRNAME = 'hf_meta'
 DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}
-
-
-def write_run_meta(save_folder: str, mpt_config, tokenizer) -> str:
-    """Store the model config and tokenizer beside a run's checkpoints (rank 0, at start)."""
-    meta_dir = os.path.join(save_folder, META_DIRNAME)
-    os.makedirs(meta_dir, exist_ok=True)
-    mpt_config.save_pretrained(meta_dir)
-    save_tokenizer(tokenizer, meta_dir)
-    return meta_dir
-
-
-def find_run_meta(checkpoint_path: str) -> str:
-    """The hf_meta folder of the run that wrote `checkpoint_path` (it sits in the save folder)."""
-    probe = os.path.abspath(checkpoint_path)
-    for _ in range(3):
-        probe = os.path.dirname(probe)
-        candidate = os.path.join(probe, META_DIRNAME)
-        if os.path.isfile(os.path.join(candidate, 'config.json')):
-            return candidate
-    raise CheckpointError(f'no {META_DIRNAME}/config.json found beside {checkpoint_path}; '
-                          f'pass --meta DIR (a folder with the model config.json and tokenizer files)')
 
 
 def export_hf(checkpoint: str, out_dir: str, dtype: Optional[str] = None, meta_dir: Optional[str] = None,
@@ -52,7 +33,7 @@ def export_hf(checkpoint: str, out_dir: str, dtype: Optional[str] = None, meta_d
         return _export_hf(checkpoint, checkpoint, out_dir, dtype, meta_dir, max_shard_bytes)
     import tempfile
 
-    from foundry.export.remote import download_checkpoint
+    from foundry.checkpoint.remote import download_checkpoint
 
     check_out_dir(out_dir)
     with tempfile.TemporaryDirectory(prefix='foundry-export-') as tmp:

@@ -22,8 +22,8 @@ n_tokens = int(n_tokens)
 from transformers import AutoModelForCausalLM
 from foundry.data.demo_corpus import STREAMS
 from foundry.data.tokenizer import build_tokenizer
-from foundry.export.checkpoint import iter_model_tensors
-from foundry.export.hf import find_run_meta
+from foundry.checkpoint.meta import find_run_meta
+from foundry.checkpoint.reader import iter_model_tensors
 from foundry.models.mpt.configuration import MPTConfig
 from foundry.models.mpt.modeling import MPTForCausalLM
 

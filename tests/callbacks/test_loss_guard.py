@@ -31,7 +31,7 @@ def _train(data_root: str, root: str, nan_batch: int, monkeypatch, *extra: str) 
 
 
 def _weights(checkpoint: str) -> dict[str, torch.Tensor]:
-    from foundry.export.checkpoint import iter_model_tensors
+    from foundry.checkpoint.reader import iter_model_tensors
 
     out: dict[str, torch.Tensor] = {}
     for group in iter_model_tensors(checkpoint):

@@ -54,7 +54,7 @@ def write_meta(save_folder: str, config) -> str:
     raw = Tokenizer(models.WordLevel(vocab=vocab, unk_token='t0'))
     raw.pre_tokenizer = pre_tokenizers.Whitespace()
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=raw, eos_token='<|endoftext|>')
-    from foundry.export.hf import write_run_meta
+    from foundry.checkpoint.meta import write_run_meta
 
     return write_run_meta(save_folder, config, tokenizer)
 

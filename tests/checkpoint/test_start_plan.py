@@ -8,9 +8,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from foundry.checkpoint.errors import CheckpointError
 from foundry.checkpoint.resume import plan_start
 from foundry.config.errors import ConfigError
-from foundry.export.checkpoint import CheckpointError
 from tests.checkpoint.helpers import tiny_mpt, write_full, write_sharded
 
 STATE = {'transformer.wte.weight': torch.ones(8, 4)}

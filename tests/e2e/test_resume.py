@@ -205,8 +205,8 @@ def test_run_started_from_a_hugging_face_folder(reference, tiny_data):
 
 
 def _foundry_model_from_checkpoint(checkpoint: str):
-    from foundry.export.checkpoint import iter_model_tensors
-    from foundry.export.hf import find_run_meta
+    from foundry.checkpoint.meta import find_run_meta
+    from foundry.checkpoint.reader import iter_model_tensors
     from foundry.models.mpt.configuration import MPTConfig
     from foundry.models.mpt.modeling import MPTForCausalLM
 
@@ -223,7 +223,7 @@ def _foundry_model_from_checkpoint(checkpoint: str):
 def _assert_same_weights(hf_folder: str, checkpoint: str) -> None:
     from safetensors.torch import load_file
 
-    from foundry.export.checkpoint import iter_model_tensors
+    from foundry.checkpoint.reader import iter_model_tensors
 
     exported = {}
     for file in os.listdir(hf_folder):

@@ -11,10 +11,10 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from foundry.checkpoint.errors import CheckpointError
+from foundry.checkpoint.remote import download_checkpoint
 from foundry.cli import main as foundry_cli
-from foundry.export.checkpoint import CheckpointError
 from foundry.export.hf import export_hf, transformers_incompatibilities
-from foundry.export.remote import download_checkpoint
 from foundry.models.mpt.configuration import DTYPE_KEY
 from tests.checkpoint.helpers import tiny_mpt, tokenizer_files, write_full, write_meta, write_sharded
 

@@ -18,13 +18,12 @@ import os
 import tempfile
 from typing import Optional
 
+from foundry.checkpoint.errors import CheckpointError
 from foundry.checkpoint.layout import METADATA, parse_name
+from foundry.checkpoint.meta import META_DIRNAME
 from foundry.checkpoint.store import object_store_for
-from foundry.export.checkpoint import CheckpointError
 
 log = logging.getLogger(__name__)
-
-META_DIRNAME = 'hf_meta'
 
 
 def download_checkpoint(uri: str, local_root: Optional[str] = None) -> str:

@@ -13,21 +13,17 @@ from typing import Iterator
 
 import torch
 
-from foundry.config.errors import ConfigError
+from foundry.checkpoint.errors import CheckpointError
 
 # Composer stores the ComposerModel's state under state.model; our wrapper keeps the HF model at `.model`.
 SHARDED_PREFIX = 'state.model.model.'
 FULL_PREFIX = 'model.'
 
 
-class CheckpointError(ConfigError):
-    """A checkpoint path that cannot be read as asked."""
-
-
 def resolve_local_checkpoint(path: str) -> str:
     """Follow Composer's `latest-rank0.pt.symlink` (a symlink locally) and check the target exists."""
     if '://' in path:
-        from foundry.export.remote import download_checkpoint
+        from foundry.checkpoint.remote import download_checkpoint
 
         path = download_checkpoint(path)
     if not os.path.exists(path):
