@@ -46,7 +46,7 @@ def render_model_error(message: str, model: dict[str, Any]) -> str:
 
 def _key_named(message: str, model: dict[str, Any]) -> Optional[str]:
     """The model key named first in `message` (`attn_config.x` for nested keys), else None."""
-    from foundry.config.sections import model_key_types
+    from foundry.config.model_keys import model_key_types
     from foundry.models.mpt.configuration import ATTN_CONFIG_DEFAULTS, INIT_CONFIG_DEFAULTS
 
     candidates = {k: k for k in model_key_types()}

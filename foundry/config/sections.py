@@ -6,33 +6,12 @@ this module checks names and keys with the same nearest-match messages as the sc
 
 from __future__ import annotations
 
-import inspect
-import typing
 from typing import Any, Mapping
 
 from foundry.config.errors import ConfigError, join_path, unknown_key_error
+from foundry.config.model_keys import model_key_types
 from foundry.config.schema import TrainConfig
 from foundry.config.validate import check_keys, convert
-
-# llm-foundry model keys that are not MPTConfig arguments but are accepted for compatibility.
-EXTRA_MODEL_KEYS = ('loss_fn', 'pretrained_model_name_or_path')
-
-
-def model_key_types() -> dict[str, Any]:
-    """Valid `model.*` keys (besides `name`) with their annotated types, read off MPTConfig's signature."""
-    from foundry.models.mpt.configuration import MPTConfig
-
-    params = inspect.signature(MPTConfig.__init__).parameters
-    hints = typing.get_type_hints(MPTConfig.__init__)
-    keys = {n: hints.get(n, Any) for n, p in params.items()
-            if n != 'self' and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
-    keys.update({k: str for k in EXTRA_MODEL_KEYS})
-    # llm-foundry's switches for features foundry lacks: MPTConfig accepts each at its "off" value.
-    from foundry.models.mpt.foreign_keys import FOREIGN_TOP_KEYS
-
-    keys.update({k: Any for k in FOREIGN_TOP_KEYS})
-    return keys
-
 
 def check_model(section: dict[str, Any]) -> None:
     from foundry.models import DEFAULT_LOSS_FN, LOSS_FNS, MODELS
