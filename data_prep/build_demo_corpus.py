@@ -3,7 +3,7 @@
 Example:
     python data_prep/build_demo_corpus.py --out_root demo_out/data --seq_len 128
 
-Reruns skip every step whose inputs have not changed. See foundry/data/demo_corpus.py.
+Reruns skip every step whose inputs have not changed. See foundry/data/prep/demo_corpus.py.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from __future__ import annotations
 import sys
 from typing import Sequence
 
-from foundry.data.cli import OneLineArgumentParser, fail
 from foundry.data.errors import DataError
+from foundry.data.prep.cli import OneLineArgumentParser, fail
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -26,7 +26,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help='use this tokenizer instead of training one')
     args = parser.parse_args(argv)
 
-    from foundry.data.demo_corpus import build_demo_data
+    from foundry.data.prep.demo_corpus import build_demo_data
     try:
         build_demo_data(args.out_root, tokenizer_path=args.tokenizer, seq_len=args.seq_len,
                         max_bytes_per_stream=args.max_bytes_per_stream,

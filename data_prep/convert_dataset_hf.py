@@ -19,8 +19,8 @@ from __future__ import annotations
 import sys
 from typing import Sequence
 
-from foundry.data.cli import conversion_parser, fail, run_conversion
-from foundry.data.hf_source import HFSource
+from foundry.data.prep.cli import conversion_parser, fail, run_conversion
+from foundry.data.prep.hf_source import HFSource
 
 
 def main(argv: Sequence[str] | None = None) -> int:

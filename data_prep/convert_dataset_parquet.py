@@ -12,8 +12,8 @@ from __future__ import annotations
 import sys
 from typing import Sequence
 
-from foundry.data.cli import conversion_parser, run_conversion
-from foundry.data.sources import ParquetSource
+from foundry.data.prep.cli import conversion_parser, run_conversion
+from foundry.data.prep.sources import ParquetSource
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import sys
 
-from foundry.data.finetuning.cli import convert_main
+from foundry.data.prep.finetuning.cli import convert_main
 
 if __name__ == '__main__':
     sys.exit(convert_main())

@@ -14,8 +14,8 @@ from __future__ import annotations
 import sys
 from typing import Sequence
 
-from foundry.data.cli import conversion_parser, run_conversion
-from foundry.data.sources import TextSource
+from foundry.data.prep.cli import conversion_parser, run_conversion
+from foundry.data.prep.sources import TextSource
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -57,10 +57,10 @@ def cmd_export_hf(args: argparse.Namespace) -> int:
 def _print_streams(label: str, loader: dict, max_duration, global_batch_size: int,
                   seq_len: int) -> None:
     """Weight, size (where the index is reachable) and run epochs of every stream."""
-    from foundry.data.mixture import describe_mixture, format_mixture
+    from foundry.data.stream.mixture import describe_mixture, format_mixture
 
     if loader.get('name') == 'finetuning':  # prompt/response or chat data, not a stream mixture
-        from foundry.data.finetuning.settings import describe_finetuning
+        from foundry.data.stream.finetuning.settings import describe_finetuning
 
         print('\n'.join(describe_finetuning(label, loader)))
         return

@@ -111,7 +111,7 @@ def train(cfg: TrainConfig):
     from foundry.callbacks import build_callbacks
     from foundry.callbacks.long_runs import LongRun
     from foundry.checkpoint.resume import finish_start, prepare_checkpointing
-    from foundry.data.text_dataset import build_text_dataloader
+    from foundry.data.stream.text_loader import build_text_dataloader
     from foundry.data.tokenizer import build_tokenizer
     from foundry.distributed.fsdp import build_fsdp2_config, describe_layout, local_shard_fingerprint
     from foundry.distributed.materialize import materialize_meta_model

@@ -26,7 +26,7 @@ YAML = os.path.join(REPO, 'yamls', 'pretrain', 'demo.yaml')
 
 
 def build_data() -> None:
-    from foundry.data.demo_corpus import build_demo_data
+    from foundry.data.prep.demo_corpus import build_demo_data
 
     start = time.time()
     build_demo_data(os.path.join(OUT, 'data'), seq_len=128)

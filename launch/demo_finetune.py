@@ -2,7 +2,7 @@
 
 1. Export the demo checkpoint to demo_out/hf if `make demo` has not (it usually has).
 2. Build docstring -> function examples from the demo's code corpus into demo_out/finetune/
-   (foundry/data/finetuning/demo_data.py) and print the packing report for them.
+   (foundry/data/prep/finetuning/demo_data.py) and print the packing report for them.
 3. Train yamls/finetune/demo-finetune.yaml with the real Composer launcher on 2 CPU processes
    (train_loader.name: finetuning, loss on responses only, packed, starting from demo_out/hf).
 4. Summarise: the response-only loss (train, and held-out eval before/after), and greedy samples
@@ -43,8 +43,8 @@ def ensure_base_model() -> None:
 
 
 def build_data() -> None:
-    from foundry.data.finetuning.cli import report_main
-    from foundry.data.finetuning.demo_data import build_instruction_data
+    from foundry.data.prep.finetuning.demo_data import build_instruction_data
+    from foundry.data.stream.finetuning.report import report_main
 
     counts = build_instruction_data(os.path.join(OUT, 'data', 'corpus', 'code.jsonl'), DATA)
     print(f'[demo-finetune] instruction data in {DATA}: {counts}', flush=True)
@@ -94,7 +94,7 @@ def heldout_loss(model_dir: str) -> tuple[float, int]:
     """Mean cross-entropy over the response tokens of every held-out example, and their count."""
     import torch
 
-    from foundry.data.text_dataset import build_text_dataloader
+    from foundry.data.stream.text_loader import build_text_dataloader
     from foundry.data.tokenizer import build_tokenizer
     from foundry.models.mpt.loss import causal_lm_loss
     from foundry.models.mpt.modeling import MPTForCausalLM

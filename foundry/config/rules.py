@@ -125,7 +125,7 @@ def _check_warmup_schedule(name: str, warmup, t_max, max_duration) -> None:
 
 
 def _check_loader(section: Mapping[str, Any], path: str) -> None:
-    from foundry.data.loader_keys import TOKEN_ENCODING_TYPES
+    from foundry.data.stream.loader_keys import TOKEN_ENCODING_TYPES
 
     workers = section.get('num_workers')
     if workers is not None:

@@ -49,12 +49,12 @@ def check_named_section(section: Mapping[str, Any], path: str, key_table: Mappin
 
 
 def check_loader(section: Mapping[str, Any], path: str) -> None:
-    from foundry.data.loader_keys import STREAM_KEYS, TEXT_DATASET_KEYS, TEXT_LOADER_KEYS
+    from foundry.data.stream.loader_keys import STREAM_KEYS, TEXT_DATASET_KEYS, TEXT_LOADER_KEYS
 
     if _require_name(section, path, {'text': None, 'finetuning': None}) == 'finetuning':
-        from foundry.data.finetuning.settings import check_finetuning_section
+        from foundry.data.stream.finetuning.settings import check_finetuning_section
 
-        check_finetuning_section(section, path)  # prompt/response or chat data (foundry/data/finetuning/)
+        check_finetuning_section(section, path)  # prompt/response or chat data (foundry/data/stream/finetuning/)
         return
     loader = {k: v for k, v in section.items() if k != 'name'}
     check_keys(loader, TEXT_LOADER_KEYS, path)

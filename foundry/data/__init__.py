@@ -1,18 +1,14 @@
-"""The data path: tokenizers, text-to-MDS conversion, streaming datasets, the demo corpus.
+"""The data path, in two programs that never import each other, and what both need.
 
-Modules (imported lazily, so ``import foundry.data`` stays cheap):
-  tokenizer     build_tokenizer(name, kwargs), TokenizerFile (tokenizers only)
-  convert       convert(source, ...), convert_documents(...) -> ConversionSummary
-  convert_output  the restartable output folder (manifest, parts, done markers, merged index)
-  sources       JsonSource, TextSource, ParquetSource, IterableSource (restartable parts)
-  hf_source     HFSource (any Hugging Face dataset, streamed)
-  readers       iter_documents / iter_text_documents / iter_json_documents (no tokenizing)
-  mixture       describe_mixture (what `foundry info` prints about streams)
-  mds_index     index checks and token counts; mds_writer: byte-identical MDS token writer
-  text_dataset  StreamingTextDataset, build_text_dataloader, *_KEYS tables
-  collator      TextCollator (input_ids, labels, attention_mask, sequence_id)
-  demo_corpus   build_demo_data, train_demo_tokenizer
-  errors        DataError
+  prep/     offline conversion to MDS (one machine, many cores): converters, sources, the
+            encoders, the MDS writer, the demo corpus; data_prep/ scripts are thin wrappers
+  stream/   what training reads on every rank: StreamingTextDataset, build_text_dataloader,
+            collators, mixtures, caches, shared-memory guard
+  shared:   tokenizer (build_tokenizer, TokenizerFile), errors (DataError), sizes (parse_size),
+            objstore (s3:// and local paths), command_line (one-line argparse errors),
+            finetuning/ (example formats, raw sources, tokenizing: used by both)
+
+Names below are imported lazily, so ``import foundry.data`` stays cheap.
 """
 
 from __future__ import annotations
@@ -23,26 +19,27 @@ from typing import Any
 _EXPORTS = {
     'DataError': 'errors',
     'build_tokenizer': 'tokenizer',
-    'convert_documents': 'convert',
-    'convert': 'convert',
-    'JsonSource': 'sources',
-    'TextSource': 'sources',
-    'ParquetSource': 'sources',
-    'HFSource': 'hf_source',
-    'IterableSource': 'sources',
-    'iter_documents': 'readers',
-    'describe_mixture': 'mixture',
-    'ConversionSummary': 'convert',
-    'iter_text_documents': 'readers',
-    'iter_json_documents': 'readers',
-    'StreamingTextDataset': 'text_dataset',
-    'build_text_dataloader': 'text_dataset',
-    'TEXT_LOADER_KEYS': 'loader_keys',
-    'TEXT_DATASET_KEYS': 'loader_keys',
-    'STREAM_KEYS': 'loader_keys',
-    'TextCollator': 'collator',
-    'build_demo_data': 'demo_corpus',
-    'train_demo_tokenizer': 'demo_corpus',
+    'parse_size': 'sizes',
+    'convert_documents': 'prep.convert',
+    'convert': 'prep.convert',
+    'JsonSource': 'prep.sources',
+    'TextSource': 'prep.sources',
+    'ParquetSource': 'prep.sources',
+    'HFSource': 'prep.hf_source',
+    'IterableSource': 'prep.sources',
+    'iter_documents': 'prep.readers',
+    'describe_mixture': 'stream.mixture',
+    'ConversionSummary': 'prep.convert',
+    'iter_text_documents': 'prep.readers',
+    'iter_json_documents': 'prep.readers',
+    'StreamingTextDataset': 'stream.text_dataset',
+    'build_text_dataloader': 'stream.text_loader',
+    'TEXT_LOADER_KEYS': 'stream.loader_keys',
+    'TEXT_DATASET_KEYS': 'stream.loader_keys',
+    'STREAM_KEYS': 'stream.loader_keys',
+    'TextCollator': 'stream.collator',
+    'build_demo_data': 'prep.demo_corpus',
+    'train_demo_tokenizer': 'prep.demo_corpus',
 }
 
 __all__ = sorted(_EXPORTS)

@@ -139,7 +139,7 @@ class TokenizerFile:
     Conversion needs only ids, the special-token roles and the size; loading through
     transformers costs seconds of imports on every conversion. The roles are guessed exactly as
     :func:`build_tokenizer` guesses them for a bare tokenizer.json (the tests check both agree),
-    so the two are interchangeable for ``foundry.data.convert``.
+    so the two are interchangeable for ``foundry.data.prep.convert``.
     """
 
     is_fast = True

@@ -187,7 +187,7 @@ def held_out_perplexity(model, tokenizer, data: list[str], split: Optional[str],
     import torch
     import torch.nn.functional as F
 
-    from foundry.data.text_dataset import build_text_dataloader
+    from foundry.data.stream.text_loader import build_text_dataloader
 
     per_data = []
     for path in data:

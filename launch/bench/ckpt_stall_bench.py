@@ -66,7 +66,7 @@ def demo_run(mode: str, root: str, data: str, batches: int, interval: int) -> di
 
 
 def demo_part(args) -> list[str]:
-    from foundry.data.demo_corpus import build_demo_data
+    from foundry.data.prep.demo_corpus import build_demo_data
 
     root = tempfile.mkdtemp(prefix='ckpt-stall-demo-')
     data = os.path.join(REPO, 'demo_out', 'data')

@@ -43,7 +43,7 @@ SEQ = 2048
 
 def _demo_texts() -> list[str]:
     sys.path.insert(0, REPO)
-    from foundry.data.demo_corpus import write_demo_corpus
+    from foundry.data.prep.demo_corpus import write_demo_corpus
 
     source_dir = os.path.join(BENCH, 'demo-corpus')
     if not all(os.path.isfile(os.path.join(source_dir, f'{n}.jsonl')) for n in ('english', 'code')):
@@ -103,7 +103,7 @@ def encoder_limits(corpus: str, max_chars: int = 3_000_000) -> dict[str, float]:
     sys.path.insert(0, REPO)
     from tokenizers import Tokenizer
 
-    from foundry.data.fast_bpe import SEGMENT_CHARS, FastBPE, split_at_safe_points
+    from foundry.data.prep.fast_bpe import SEGMENT_CHARS, FastBPE, split_at_safe_points
 
     docs, total = [], 0
     with open(corpus, encoding='utf-8') as f:

@@ -123,7 +123,7 @@ def parity(python: str, work: str) -> list[dict]:
 
 def train_from_llmfoundry_folder(python: str, work: str) -> dict:
     """llm-foundry writes a 512-token model; foundry trains it 6 batches on 2 processes from that folder."""
-    from foundry.data.demo_corpus import build_demo_data
+    from foundry.data.prep.demo_corpus import build_demo_data
     from foundry.loggers.jsonl import read_metrics
 
     data = os.path.join(work, 'data')

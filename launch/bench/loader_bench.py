@@ -57,8 +57,8 @@ def start_moto() -> tuple[subprocess.Popen, str]:
 
 def build_data(work: str, megabytes: float) -> tuple[str, str, int]:
     """(local folder, s3 URL, samples): the same dataset in both places."""
-    from foundry.data.convert import convert
-    from foundry.data.sources import JsonSource
+    from foundry.data.prep.convert import convert
+    from foundry.data.prep.sources import JsonSource
     from foundry.data.tokenizer import build_tokenizer
 
     corpus = os.path.join(BENCH, 'corpus-40MB.jsonl')
@@ -95,7 +95,7 @@ def rank_main(rank: int, world: int, port: int, source: str, workers: int, batch
 
     import torch.distributed as dist
 
-    from foundry.data.text_dataset import build_text_dataloader
+    from foundry.data.stream.text_loader import build_text_dataloader
 
     # Ranks here are spawned, which would make DataLoader workers spawn too (seconds of torch
     # imports each); the composer launcher starts ranks as fresh programs, whose workers fork.

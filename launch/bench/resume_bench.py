@@ -80,7 +80,7 @@ def main(argv=None) -> int:
     data_root = args.data_root
     if data_root is None:
         sys.path.insert(0, REPO)
-        from foundry.data.demo_corpus import build_demo_data
+        from foundry.data.prep.demo_corpus import build_demo_data
 
         data_root = os.path.join(work, 'data')
         build_demo_data(data_root, seq_len=32, max_bytes_per_stream=150_000, vocab_size=512, verbose=False)

@@ -253,7 +253,7 @@ def measure(side: str, config: str, args, llmf_python: Path, variant: dict) -> R
                 "WANDB_MODE": "disabled", "MLFLOW_TRACKING_URI": "", "PYTHONWARNINGS": "ignore"})
     env.pop("VIRTUAL_ENV", None)
     # A temp folder per run, for both trainers: streaming keeps file locks there, and foundry's
-    # machine-wide registration lock (foundry/data/shm_guard.py) lives there too. With the shared
+    # machine-wide registration lock (foundry/data/stream/shm_guard.py) lives there too. With the shared
     # /tmp, foundry runs waited minutes behind other people's test jobs holding that lock.
     (run_dir / "tmp").mkdir(exist_ok=True)
     env["TMPDIR"] = str(run_dir / "tmp")

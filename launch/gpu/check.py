@@ -5,7 +5,7 @@ On a machine with one CUDA GPU, Python 3.12, torch and transformers preinstalled
   (a) install  the wheelhouse (`make gpu-wheels` -> .whl/gpu) with `pip install --no-index --no-deps
                --target .gpu-site`, skipping every distribution the machine already has (its torch,
                transformers, numpy are never replaced), then import Composer, streaming and foundry;
-  (b) data     build a real MDS dataset here (foundry.data.demo_corpus: English docstrings and Python
+  (b) data     build a real MDS dataset here (foundry.data.prep.demo_corpus: English docstrings and Python
                code of this Python's standard library, its own byte-level BPE, samples of 2048 tokens),
                then validate every run's command line with foundry's load_config before any launch;
   (c) speed    `composer -n 1 launch/train.py yamls/pretrain/mpt-125m.yaml ...` and then mpt-1b.yaml,

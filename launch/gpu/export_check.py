@@ -20,7 +20,7 @@ import torch
 hf_dir, checkpoint, data_root, device, n_tokens = sys.argv[1:6]
 n_tokens = int(n_tokens)
 from transformers import AutoModelForCausalLM
-from foundry.data.demo_corpus import STREAMS
+from foundry.data.prep.demo_corpus import STREAMS
 from foundry.data.tokenizer import build_tokenizer
 from foundry.checkpoint.meta import find_run_meta
 from foundry.checkpoint.reader import iter_model_tensors

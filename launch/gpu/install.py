@@ -92,7 +92,8 @@ def stale_foundry_files(wheelhouse: str, wheels: list[str]) -> list[str]:
 IMPORT_CHECK = r'''
 import json, sys, importlib, importlib.metadata as md
 mods = ['composer', 'streaming', 'mcli', 'omegaconf', 'lion_pytorch', 'torchvision', 'torchmetrics',
-        'foundry.train', 'foundry.cli', 'foundry.export.hf', 'foundry.data.text_dataset', 'foundry.data.demo_corpus',
+        'foundry.train', 'foundry.cli', 'foundry.export.hf', 'foundry.data.stream.text_loader',
+        'foundry.data.prep.demo_corpus',
         'foundry.callbacks', 'foundry.loggers', 'foundry.checkpoint.resume', 'foundry.distributed.fsdp',
         'foundry.distributed.compile', 'foundry.models']
 where = {m: importlib.import_module(m).__file__ for m in mods}

@@ -15,7 +15,7 @@ from runs import run_overrides
 PREPARE = r'''
 import json, sys, time
 job = json.load(sys.stdin)
-from foundry.data.demo_corpus import build_demo_data
+from foundry.data.prep.demo_corpus import build_demo_data
 started = time.time()
 d = build_demo_data(job['data_root'], seq_len=job['seq'], max_bytes_per_stream=job['corpus_bytes'],
                     vocab_size=job['vocab'])
@@ -34,7 +34,7 @@ print('CONFIGS ' + json.dumps({'seconds': time.time() - started}), flush=True)
 
 
 def planned_data(data_root: str) -> dict[str, Any]:
-    """Where foundry.data.demo_corpus.build_demo_data puts the tokenizer and the MDS splits."""
+    """Where foundry.data.prep.demo_corpus.build_demo_data puts the tokenizer and the MDS splits."""
     return {'tokenizer': os.path.join(data_root, 'tokenizer.json'), 'out_root': data_root,
             'streams': {s: {split: os.path.join(data_root, s, split) for split in ('train', 'val')}
                         for s in ('english', 'code')}}
@@ -57,7 +57,7 @@ def all_command_lines(profile: Profile, data: dict[str, Any], out: str, work: st
 
 
 def prepare(report: Report, profile: Profile, data_root: str, work: str, env: dict[str, str]) -> dict[str, Any]:
-    """(b) Build the MDS data (foundry.data.demo_corpus), then validate with foundry's load_config (every key,
+    """(b) Build the MDS data (foundry.data.prep.demo_corpus), then validate with foundry's load_config (every key,
     type and registry name) the command line of every run before any launch: in --cpu-smoke mode that is
     the only check the GPU command lines (seq 2048, flex, compile, full-size models) get. One process."""
     data = planned_data(data_root)

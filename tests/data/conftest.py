@@ -35,7 +35,7 @@ def neox_tokenizer(neox_tokenizer_path):
 @pytest.fixture(scope='session')
 def tiny_tokenizer_path(tmp_path_factory) -> str:
     """A 400-token byte-level BPE trained in well under a second; always available."""
-    from foundry.data.demo_corpus import train_demo_tokenizer
+    from foundry.data.prep.demo_corpus import train_demo_tokenizer
 
     root = tmp_path_factory.mktemp('tiny_tok')
     text = root / 'train.txt'

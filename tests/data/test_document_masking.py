@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from foundry.data.convert import convert_documents
-from foundry.data.text_dataset import build_text_dataloader
+from foundry.data.prep.convert import convert_documents
+from foundry.data.stream.text_loader import build_text_dataloader
 from foundry.models.composer_model import ComposerMPTCausalLM
 from foundry.models.mpt.configuration import MPTConfig
 

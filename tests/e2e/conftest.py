@@ -15,7 +15,7 @@ TINY_YAML = os.path.join(REPO, 'tests', 'fixtures', 'tiny.yaml')
 @pytest.fixture(scope='session')
 def tiny_data(tmp_path_factory) -> str:
     """A two-stream demo corpus with a 512-token BPE tokenizer, cut into 32-token MDS samples."""
-    from foundry.data.demo_corpus import build_demo_data
+    from foundry.data.prep.demo_corpus import build_demo_data
 
     root = str(tmp_path_factory.mktemp('tiny_data'))
     build_demo_data(root, seq_len=32, max_bytes_per_stream=150_000, vocab_size=512, verbose=False)

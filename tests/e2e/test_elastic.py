@@ -7,7 +7,7 @@ metrics.jsonl:
 * data order: every resumed batch holds the same samples as the 2-process run's batch of that
   index (`data/token_sum`, summed over all ranks, equal): streaming's elastic determinism. The
   global order depends on num_canonical_nodes, not on the number of processes (foundry's default
-  for it is derived from the data, see foundry.data.text_dataset), and on resume streaming reads it
+  for it is derived from the data, see foundry.data.stream.text_dataset), and on resume streaming reads it
   back from the checkpoint's dataset state, with the sample position;
 * the loss continues where the 2-process run was. The resumed runs turn dropout off (its masks
   are drawn per rank, so no two world sizes could agree with it on); 1 and 4 processes then agree

@@ -15,7 +15,7 @@ from collections import Counter
 
 import pytest
 
-from foundry.data import shm_guard
+from foundry.data.stream import shm_guard
 from foundry.loggers.jsonl import read_metrics
 from tests.e2e.conftest import REPO
 
@@ -113,12 +113,12 @@ def test_two_process_training_from_s3_draws_the_configured_70_30_mixture(
     assert abs(shares['alpha'] - 0.7) < 0.05 and abs(shares['beta'] - 0.3) < 0.05
 
     # The recorded stream of every sample agrees with its content (read back independently).
-    from foundry.data.text_dataset import StreamingTextDataset
+    from foundry.data.stream.text_dataset import StreamingTextDataset
     from foundry.data.tokenizer import build_tokenizer
 
     tokenizer = build_tokenizer(os.path.join(tiny_data, 'tokenizer.json'))
     streams_cfg = {'alpha': 0.7, 'beta': 0.3}
-    from foundry.data.text_dataset import FoundryStream
+    from foundry.data.stream.text_dataset import FoundryStream
     ds = StreamingTextDataset(
         streams=[FoundryStream(name=n, remote=f's3://{BUCKET}/{n}', local=str(tmp_path / n),
                                split='train', proportion=p) for n, p in streams_cfg.items()],

@@ -24,7 +24,7 @@ def smoke_text() -> str:
 
 @pytest.fixture(scope='session')
 def tokenizer(tmp_path_factory):
-    from foundry.data.demo_corpus import train_demo_tokenizer
+    from foundry.data.prep.demo_corpus import train_demo_tokenizer
     from foundry.data.tokenizer import build_tokenizer
 
     root = tmp_path_factory.mktemp('eval_tok')
