@@ -97,7 +97,7 @@ def guard_checkpoint_uploads(saver, run_name: str, remote: Optional[str]) -> Non
         return UploadError(
             f'checkpoint upload failed: {scheme}://{bucket}/{key} could not be written ({tries}; last error: '
             f'{" ".join(last.split())[:300]}). The store\'s latest-rank0.pt still names '
-            f'{"the previous checkpoint, " + previous if previous else "no checkpoint of this run"} (it moves only '
+            f'{"the previous checkpoint, " + previous if previous else "what it named when this run started"} (it moves only '
             f'after a whole checkpoint landed); the checkpoints written so far are on local disk in {local}: '
             f'{", ".join(kept) or "none"}. Check the endpoint (S3_ENDPOINT_URL) and run the same command to resume')
 

@@ -1,6 +1,7 @@
 """Real training runs in this process (one rank, FSDP2 on a 1-process mesh, tiny.yaml): full checkpoints,
-resumption past a half-written checkpoint, autoresume off, weights from a Hugging Face folder, and a failed
-checkpoint upload. One run takes a few seconds; the multi-process behaviour is in tests/e2e.
+resumption past a half-written checkpoint, autoresume off, weights from a Hugging Face folder, rotation and
+object-store autoresume (a failed upload: test_upload_faults.py). One run takes a few seconds; the
+multi-process behaviour is in tests/e2e.
 """
 
 from __future__ import annotations
@@ -8,10 +9,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
@@ -112,68 +109,6 @@ def test_load_path_hf_folder_loads_its_weights(tiny_data, tmp_path, caplog):  # 
     with pytest.raises(WeightsError, match=r'transformer\.wte\.weight: \[512, 64\] in Hugging Face folder .*, '
                                            r'\[512, 32\] in the model'):
         train_here(tiny_data, str(tmp_path / 'run2'), f'load_path={wrong}', 'max_duration=1ba')
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
-def test_failed_checkpoint_upload_is_retried_then_reported_with_the_local_copy(tiny_data, tmp_path, caplog,  # noqa: F811
-                                                                             monkeypatch):
-    """The object store goes away after the run started: boto3 retries, then the run stops and says where
-    the checkpoints are on local disk; they are whole."""
-    import boto3
-
-    import foundry.checkpoint.resume as resume
-
-    port = _free_port()
-    url = f'http://127.0.0.1:{port}'
-    server = subprocess.Popen([sys.executable, '-m', 'moto.server', '-H', '127.0.0.1', '-p', str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        for _ in range(150):
-            try:
-                socket.create_connection(('127.0.0.1', port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.2)
-        for k, v in {'S3_ENDPOINT_URL': url, 'AWS_ACCESS_KEY_ID': 't', 'AWS_SECRET_ACCESS_KEY': 't',
-                     'AWS_DEFAULT_REGION': 'us-east-1', 'FOUNDRY_UPLOAD_POLL_S': '1', 'FOUNDRY_UPLOAD_ATTEMPTS': '2',
-                     'FOUNDRY_UPLOAD_FIRST_WAIT_S': '0.2'}.items():
-            monkeypatch.setenv(k, v)
-        boto3.client('s3', endpoint_url=url).create_bucket(Bucket='going-away')
-        original = resume.finish_start
-
-        def then_lose_the_store(setup, trainer):
-            original(setup, trainer)
-            server.kill()  # every later request: connection refused
-            server.wait()
-
-        monkeypatch.setattr(resume, 'finish_start', then_lose_the_store)  # train() imports it at call time
-        caplog.set_level(logging.INFO, logger='foundry')
-        with pytest.raises(Exception) as err:
-            train_here(tiny_data, str(tmp_path), 'save_folder=s3://going-away/{run_name}/ckpt')
-    finally:
-        if server.poll() is None:
-            server.kill()
-    # Retried with backoff, then one line naming bucket and key (foundry/checkpoint/uploads.py).
-    from foundry.checkpoint.store import UploadError
-
-    assert isinstance(err.value, UploadError), repr(err.value)
-    report = str(err.value)
-    assert '\n' not in report
-    assert report.startswith('checkpoint upload failed: s3://going-away/tiny/ckpt/ep0-ba2/')
-    assert 'could not be written (2 attempts with backoff; last error: EndpointConnectionError' in report
-    assert "latest-rank0.pt still names no checkpoint of this run" in report
-    local = report.split('on local disk in ')[1].split(': ')[0]
-    from foundry.checkpoint.layout import LocalSaveFolder
-
-    kept = LocalSaveFolder(local).checkpoints()
-    assert kept and all(LocalSaveFolder(local).problem(r) is None for r in kept)
-    assert ', '.join(r.name for r in kept) + '. Check the endpoint' in report
-    shutil.rmtree(local[:-len('/tiny/ckpt')], ignore_errors=True)  # Composer's temporary folder for remote saves
 
 
 def test_hf_checkpointer_precision_and_interval(tiny_data, tmp_path):  # noqa: F811
