@@ -9,6 +9,7 @@ each other, and a cycle through one is as hard to follow (and to move) as any ot
 from __future__ import annotations
 
 import ast
+import functools
 import os
 from typing import Optional
 
@@ -69,8 +70,9 @@ def _resolve(name: str, modules: dict[str, str]) -> Optional[str]:
     return None
 
 
+@functools.lru_cache(maxsize=None)  # both checks read the same graph: parse the package once
 def import_graph(root: str = REPO) -> dict[str, dict[str, int]]:
-    """module -> {imported foundry module: line of the first such import}."""
+    """module -> {imported foundry module: line of the first such import} (do not modify: cached)."""
     modules = module_files(root)
     graph: dict[str, dict[str, int]] = {}
     for module, path in modules.items():
