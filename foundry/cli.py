@@ -2,6 +2,8 @@
 
     foundry info YAML [key=value ...]           parameters, FLOPs per token, data mixture
     foundry export hf CHECKPOINT OUT_DIR        a Composer checkpoint as a Hugging Face folder
+    foundry export gguf SRC OUT.gguf            a checkpoint or HF folder as one GGUF file for llama.cpp
+    foundry generate SRC --prompt TEXT          sample from a checkpoint or HF folder, streamed to the terminal
     foundry plan YAML --gpus N --gpu KIND       memory, speed and duration on a cluster, before paying for it
     foundry eval SRC TASKS.yaml                 ICL tasks, gauntlet, perplexity of a checkpoint or HF folder
     foundry plot RUN_FOLDER [RUN_FOLDER ...]    loss, tokens/s, learning rate and eval scores as one PNG
@@ -54,6 +56,13 @@ def cmd_export_hf(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export_gguf(args: argparse.Namespace) -> int:
+    from foundry.export.gguf import export_gguf
+
+    export_gguf(args.src, args.out, outtype=args.outtype, meta_dir=args.meta)
+    return 0
+
+
 def _print_streams(label: str, loader: dict, max_duration, global_batch_size: int,
                   seq_len: int) -> None:
     """Weight, size (where the index is reachable) and run epochs of every stream."""
@@ -101,6 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
     hf.add_argument('--dtype', choices=['fp32', 'bf16', 'fp16'], default=None, help='cast floating weights')
     hf.add_argument('--meta', default=None, help='folder with the model config.json and tokenizer (default: the run\'s hf_meta)')
     hf.set_defaults(func=cmd_export_hf)
+    gguf = export_sub.add_parser('gguf', help='one GGUF file for llama.cpp (and llama-cpp-python, Ollama, LM Studio)')
+    gguf.add_argument('src', help='Composer checkpoint (sharded folder, .pt, latest-rank0.pt; local or s3://) or HF MPT folder')
+    gguf.add_argument('out', help='the .gguf file to write')
+    gguf.add_argument('--outtype', choices=['f32', 'f16', 'bf16', 'q8_0'], default='f16',
+                      help='matrices\' type (norms, biases and positions stay f32)')
+    gguf.add_argument('--meta', default=None, help='folder with the model config.json and tokenizer (default: the run\'s hf_meta)')
+    gguf.set_defaults(func=cmd_export_gguf)
     from foundry.plan import add_plan_parser
 
     add_plan_parser(sub)
@@ -109,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_eval_parser(sub)
     add_plot_parser(sub)
+    from foundry.generate import add_generate_parser
+
+    add_generate_parser(sub)
     return parser
 
 
