@@ -170,7 +170,8 @@ class MPTModel(MPTPreTrainedModel):
             if past_len + seq > cfg.max_seq_len:
                 raise ValueError(
                     f"sequence length {past_len + seq} exceeds max_seq_len {cfg.max_seq_len} "
-                    "of the learned position embeddings")
+                    "of the learned position embeddings, which have no positions past it; shorten the input "
+                    "(ALiBi models, attn_config.alibi, run past max_seq_len)")
             if attention_mask is not None:
                 # Left padding: number the real tokens from 0 so positions match unpadded inputs.
                 pos = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past_len:]
