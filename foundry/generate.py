@@ -63,7 +63,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     model, tokenizer = load_model(args.src, args.meta)
     device = torch.device('cuda' if device_kind == 'gpu' else 'cpu')
     model.to(device).eval()
-    inputs = tokenizer(args.prompt, return_tensors='pt').to(device)
+    encoded = tokenizer(args.prompt, return_tensors='pt')
+    # Only what the model takes: a tokenizer saved by plain transformers 4.x also returns token_type_ids.
+    inputs = {k: encoded[k].to(device) for k in ('input_ids', 'attention_mask') if k in encoded}
     prompt_tokens = inputs['input_ids'].shape[1]
     if prompt_tokens == 0:
         raise ConfigError('--prompt encodes to no tokens; give some text')

@@ -38,7 +38,7 @@ def test_greedy_stream_equals_generate_past_the_training_length(tmp_path, capsys
 def test_sampling_is_seeded_and_hf_folder_works(tmp_path, capsys):
     model, tokenizer, ckpt = saved(tmp_path)
     model.save_pretrained(tmp_path / 'hf')
-    tokenizer.save_pretrained(tmp_path / 'hf')
+    tokenizer.save_pretrained(tmp_path / 'hf')  # plain transformers: 4.x's tokenizer then returns token_type_ids
     args = ['--prompt', 'again and', '--max_new_tokens', '8', '--do_sample', '--temperature', '0.8', '--top_k', '20',
             '--top_p', '0.9', '--repetition_penalty', '1.1', '--seed', '3']
     texts = []
