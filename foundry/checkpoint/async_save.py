@@ -165,9 +165,13 @@ def _state_dict(state: State, weights_only: bool, ignore_keys) -> dict[str, Any]
 
 
 def _staging_writer(folder: str):
-    """A FileSystemWriter whose staging copy is kept between saves, in pinned memory only where CUDA is.
+    """A FileSystemWriter whose staging copy of the tensors is kept between saves, in pinned memory
+    only where CUDA is (torch's own `cache_staged_state_dict=True` always pins, which needs a driver).
 
-    (torch's own `cache_staged_state_dict=True` always pins, which needs a CUDA driver.)
+    The cache holds the tensors only, keyed by their path in the state dict. Composer's state dict also
+    holds values that change shape from one save to the next (the saver's own list of checkpoints
+    grows by one each time); caching the whole dict, as torch does, would miss on every save and
+    allocate and copy everything twice. Non-tensor values are small and copied afresh each time.
     """
     import torch
     from torch.distributed._state_dict_utils import _copy_state_dict, _create_cpu_state_dict
@@ -175,15 +179,53 @@ def _staging_writer(folder: str):
 
     class StagingWriter(FileSystemWriter):
         def stage(self, state_dict):
+            tensors: dict[tuple, torch.Tensor] = {}
+            skeleton = _split_tensors(state_dict, (), tensors)
             if self.state_dict_cache is not None:
                 try:
-                    return _copy_state_dict(state_dict, self.state_dict_cache, type_check=False)
-                except Exception:  # the state's structure changed (a new key, another shape): stage afresh
+                    staged = _copy_state_dict(tensors, self.state_dict_cache, type_check=False)
+                    return _fill_tensors(skeleton, staged)
+                except Exception:  # another set of tensors (a new key, another shape): stage afresh
                     self.state_dict_cache = None
-            self.state_dict_cache = _create_cpu_state_dict(state_dict, pin_memory=torch.cuda.is_available())
-            return _copy_state_dict(state_dict, self.state_dict_cache, type_check=False)
+            self.state_dict_cache = _create_cpu_state_dict(tensors, pin_memory=torch.cuda.is_available())
+            return _fill_tensors(skeleton, _copy_state_dict(tensors, self.state_dict_cache, type_check=False))
 
     return StagingWriter(folder)
+
+
+class _TensorSlot:
+    __slots__ = ('path',)
+
+    def __init__(self, path: tuple) -> None:
+        self.path = path
+
+
+def _split_tensors(obj: Any, path: tuple, tensors: dict) -> Any:
+    """`obj` with every tensor in its dicts and lists replaced by a slot named by its path (the
+    tensors collected into `tensors`), and every other value copied, so later changes to the live
+    state cannot reach the checkpoint being written."""
+    import copy
+
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        tensors[path] = obj
+        return _TensorSlot(path)
+    if type(obj) is dict:
+        return {k: _split_tensors(v, path + (k,), tensors) for k, v in obj.items()}
+    if type(obj) is list:
+        return [_split_tensors(v, path + (i,), tensors) for i, v in enumerate(obj)]
+    return copy.deepcopy(obj)
+
+
+def _fill_tensors(obj: Any, staged: dict) -> Any:
+    if isinstance(obj, _TensorSlot):
+        return staged[obj.path]
+    if type(obj) is dict:
+        return {k: _fill_tensors(v, staged) for k, v in obj.items()}
+    if type(obj) is list:
+        return [_fill_tensors(v, staged) for v in obj]
+    return obj
 
 
 def _writes_and_group(state: State, groups):

@@ -1,7 +1,7 @@
 """Training stall per checkpoint, synchronous vs `save_async: true`, side by side.
 
     python launch/bench/ckpt_stall_bench.py                 # both parts, prints the table
-    python launch/bench/ckpt_stall_bench.py --only demo     # or --only 1b
+    python launch/bench/ckpt_stall_bench.py --only demo     # or --only demo1, --only 1b
     python launch/bench/ckpt_stall_bench.py --out launch/bench/results/ckpt_stall_cpu.txt
 
 Part 1, demo size: `composer -n 2 launch/train.py yamls/pretrain/demo.yaml` (the `make demo` model:
@@ -99,6 +99,62 @@ def demo_part(args) -> list[str]:
                      f'{statistics.median(inline) * 1000:.1f} ms over {len(inline)} saves)')
     shutil.rmtree(root, ignore_errors=True)
     return lines
+
+
+def demo_inprocess_part(args) -> list[str]:
+    """The demo model through the real Trainer in this process (one rank), timing the save call itself.
+
+    What training waits for is the time the training thread spends inside the saver's `_save_checkpoint`
+    (Composer's for sync, foundry's AsyncCheckpointSaver for async): timed directly, it does not depend on
+    the batch-to-batch noise a loaded 2-core machine adds to the launcher runs above.
+    """
+    from composer.callbacks.checkpoint_saver import CheckpointSaver
+
+    from foundry.checkpoint.async_save import AsyncCheckpointSaver
+    from foundry.config.load import load_config
+    from foundry.data.prep.demo_corpus import build_demo_data
+    from foundry.train import train
+
+    data = os.path.join(REPO, 'demo_out', 'data')
+    build_demo_data(data, seq_len=128)
+    root = tempfile.mkdtemp(prefix='ckpt-stall-demo1-')
+    timings: dict[str, list[float]] = {'sync': [], 'async': []}
+    originals = {cls: cls._save_checkpoint for cls in (CheckpointSaver, AsyncCheckpointSaver)}
+
+    def timed(cls, mode):
+        def save(self, state, logger):
+            t0 = time.perf_counter()
+            originals[cls](self, state, logger)
+            if type(self) is cls:  # the async saver may call up into Composer's for a full checkpoint
+                timings[mode].append(time.perf_counter() - t0)
+        return save
+
+    CheckpointSaver._save_checkpoint = timed(CheckpointSaver, 'sync')
+    AsyncCheckpointSaver._save_checkpoint = timed(AsyncCheckpointSaver, 'async')
+    try:
+        for repeat in range(args.repeats):
+            for mode in ('sync', 'async'):
+                print(f'[bench] demo size in this process, {mode}, round {repeat + 1}', flush=True)
+                run = os.path.join(root, f'{mode}{repeat}')
+                cfg = load_config(DEMO_YAML, [
+                    f'variables.data_root={data}', f'run_folder={run}/run', f'save_folder={run}/checkpoints',
+                    f'max_duration={args.demo_batches}ba', f'save_interval={args.demo_interval}ba',
+                    f'save_async={mode == "async"}', f'eval_interval={args.demo_batches * 10}ba', 'icl_tasks=null',
+                    'eval_gauntlet=null', 'console_log_interval=1000ba', 'save_num_checkpoints_to_keep=2'])
+                train(cfg).close()
+    finally:
+        for cls, original in originals.items():
+            cls._save_checkpoint = original
+        shutil.rmtree(root, ignore_errors=True)
+    s, a = statistics.median(timings['sync']), statistics.median(timings['async'])
+    return [f'demo size, 1 process through the real Trainer (yamls/pretrain/demo.yaml: 1.9M parameters, FSDP2 on a '
+            f'1-process mesh, LION): {args.demo_batches} batches, a checkpoint every {args.demo_interval}, '
+            f'{args.repeats} round(s); time the training thread spends in the saver\'s _save_checkpoint',
+            f'  {"":32}{"sync":>10}{"async":>10}{"sync/async":>12}',
+            f'  {"stall per checkpoint (median)":32}{s * 1000:>8.1f}ms{a * 1000:>8.1f}ms{_ratio(s, a):>12}',
+            f'  {"stall per checkpoint (max)":32}{max(timings["sync"]) * 1000:>8.1f}ms'
+            f'{max(timings["async"]) * 1000:>8.1f}ms{_ratio(max(timings["sync"]), max(timings["async"])):>12}',
+            f'  ({len(timings["sync"])} sync and {len(timings["async"])} async saves)']
 
 
 # ---------------------------------------------------------------------------------------------- part 2
@@ -215,7 +271,8 @@ def _ratio(a: float, b: float) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--only', choices=('demo', '1b'))
+    parser.add_argument('--only', choices=('demo', 'demo1', '1b'),
+                        help='demo: 2 processes through the launcher; demo1: the demo model in this process; 1b')
     parser.add_argument('--repeats', type=int, default=1, help='demo-size rounds (each: none, sync, async)')
     parser.add_argument('--demo-batches', type=int, default=60)
     parser.add_argument('--demo-interval', type=int, default=10)
@@ -230,6 +287,8 @@ def main() -> None:
              f'{os.cpu_count()} cores, load average at start {load[0]:.1f})']
     if args.only in (None, 'demo'):
         lines += demo_part(args)
+    if args.only in (None, 'demo1'):
+        lines += demo_inprocess_part(args)
     if args.only in (None, '1b'):
         lines += big_part(args)
     lines.append(f'load average at end {os.getloadavg()[0]:.1f}')
