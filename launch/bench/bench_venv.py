@@ -19,8 +19,8 @@ REPO = Path(__file__).resolve().parents[2]
 BENCH_DIR = REPO / ".bench"
 
 
-def venv_python(name: str) -> Path:
-    return BENCH_DIR / name / "bin" / "python"
+def venv_python(name: str, root: Path = BENCH_DIR) -> Path:
+    return root / name / "bin" / "python"
 
 
 def _installer(python: Path) -> list[str]:
@@ -33,15 +33,16 @@ def _installer(python: Path) -> list[str]:
 
 
 def ensure_bench_venv(name: str, pip_args: list[str], check_code: str, log=print, match_args: bool = False,
-                      note: str = "") -> Path:
+                      note: str = "", root: Path = BENCH_DIR) -> Path:
     """The venv's python, built first if no ready one exists (waits on the lock).
 
     check_code: Python run in the venv after the install; what it prints is logged and kept in `.ready`.
+    root: the folder holding the venv and its lock (a cache outside the clone for builds that take long).
     """
-    BENCH_DIR.mkdir(exist_ok=True)
-    folder, python = BENCH_DIR / name, venv_python(name)
+    root.mkdir(parents=True, exist_ok=True)
+    folder, python = root / name, venv_python(name, root)
     ready, record = folder / ".ready", " ".join(pip_args) + "\n"
-    with open(BENCH_DIR / f"{name}.lock", "w") as lock:
+    with open(root / f"{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # blocks while another benchmark builds it
         try:
             if ready.exists() and (not match_args or ready.read_text().startswith(record)):
