@@ -30,6 +30,7 @@ import getpass
 import hashlib
 import os
 import shutil
+import sys
 import tempfile
 import uuid
 
@@ -112,14 +113,13 @@ def remove_dead_caches(base: str) -> list[str]:
 
 
 def _run_token() -> str:
-    try:
-        from composer.utils import dist
-        if dist.is_initialized() and dist.get_world_size() > 1:
-            token = [uuid.uuid4().hex[:12] if dist.get_global_rank() == 0 else None]
-            dist.broadcast_object_list(token, src=0)
-            return f'run-{token[0]}'
-    except ImportError:
-        pass
+    # Only a process that has Composer loaded can be inside a Composer job; importing it here just to
+    # ask would cost a process that reads one remote stream seconds of start-up (torch, Composer).
+    dist = sys.modules.get('composer.utils.dist')
+    if dist is not None and dist.is_initialized() and dist.get_world_size() > 1:
+        token = [uuid.uuid4().hex[:12] if dist.get_global_rank() == 0 else None]
+        dist.broadcast_object_list(token, src=0)
+        return f'run-{token[0]}'
     if int(os.environ.get('WORLD_SIZE', '1')) > 1:
         return f'launch-{os.getppid()}-{os.environ.get("MASTER_PORT", "0")}'
     return f'pid-{os.getpid()}-{uuid.uuid4().hex[:6]}'
