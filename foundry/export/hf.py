@@ -149,6 +149,9 @@ def _write_hf_folder(checkpoint: str, source: str, local: str, out_dir: str, con
         setattr(config, DTYPE_KEY, target_dtype)
     # Runs train with use_cache off; whoever generates from the folder wants the KV cache (2x faster).
     config.use_cache = True
+    # The class name mosaicml/mpt-7b's folder names: llama.cpp's convert_hf_to_gguf.py picks its converter by it
+    # (without it: "Failed to detect model architecture"); transformers itself goes by model_type.
+    config.architectures = ['MPTForCausalLM']
     config.save_pretrained(out_dir)
     save_tokenizer(AutoTokenizer.from_pretrained(meta_dir), out_dir)
     print(f'exported {len(weight_map)} tensors ({total / 2**20:.1f} MiB) from '

@@ -53,6 +53,8 @@ def test_export_loads_in_transformers_with_foundry_logits(kind, tmp_path):
     # The config, one weights file, and the tokenizer as this transformers saves it.
     assert {'tokenizer.json', 'tokenizer_config.json'} <= tokenizer_files(str(folder / 'hf_meta'))
     assert set(os.listdir(out)) == {'config.json', 'model.safetensors'} | tokenizer_files(str(folder / 'hf_meta'))
+    with open(out / 'config.json') as f:
+        assert json.load(f)['architectures'] == ['MPTForCausalLM']  # how llama.cpp's converter recognises MPT
     diff = max_logit_difference(model, out)
     print(f'{kind}: max |logit difference| transformers vs foundry: {diff:.3g}')
     assert diff < 1e-5
