@@ -148,6 +148,17 @@ def _is_compressed(path: str) -> bool:
     return path.lower().endswith(('.gz', '.zst', '.zstd'))
 
 
+# Text compresses about 4x with gzip or zstd, and about as much in Parquet's columns. A part's size
+# estimates the text it holds: it decides how many files a part takes and whether a conversion is
+# small enough to encode in-process (a 4 MB .json.gz is ~16 MB of text: worker processes pay off).
+COMPRESSED_TEXT_RATIO = 4
+
+
+def _text_bytes(entry: objstore.FileEntry) -> int:
+    compressed = _is_compressed(entry.path) or entry.path.lower().endswith(PARQUET_SUFFIXES)
+    return max(entry.size, 1) * (COMPRESSED_TEXT_RATIO if compressed else 1)
+
+
 def _group(units: list[tuple], part_bytes: int, describe: Callable[[list[tuple]], str],
            sizes: Callable[[tuple], int], reader: Callable[[list[tuple]], Iterator[tuple]],
            identity: Callable[[tuple], object]) -> list[Part]:
@@ -218,7 +229,7 @@ class JsonSource(Source):
             return name if len(group) == 1 else f'{name} (+{len(group) - 1} more files)'
 
         return _group(units, self.part_bytes, describe,
-                      sizes=lambda u: (u[2] - u[1]) if u[2] is not None else u[0].size,
+                      sizes=lambda u: (u[2] - u[1]) if u[2] is not None else _text_bytes(u[0]),
                       reader=self._tasks,
                       identity=lambda u: (u[0].path, u[0].size, u[0].version, u[1], u[2]))
 
@@ -312,7 +323,7 @@ def _whole_file_parts(source: 'TextSource | ParquetSource', suffixes: tuple[str,
         name = _display(group[0][0].path, source.path)
         return name if len(group) == 1 else f'{name} (+{len(group) - 1} more files)'
 
-    return _group(units, source.part_bytes, describe, sizes=lambda u: max(u[0].size, 1),
+    return _group(units, source.part_bytes, describe, sizes=lambda u: _text_bytes(u[0]),
                   reader=source._tasks, identity=lambda u: (u[0].path, u[0].size, u[0].version))
 
 

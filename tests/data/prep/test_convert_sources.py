@@ -74,7 +74,7 @@ def offline_hf(monkeypatch, tmp_path):
     monkeypatch.setenv('HF_HOME', str(tmp_path / 'hf-home'))
 
 
-def test_hf_dataset_streamed_from_local_files_one_part_per_shard(tiny_tokenizer, tmp_path,
+def test_hf_dataset_from_local_files_one_part_per_file(tiny_tokenizer, tmp_path,
                                                                  offline_hf):
     folder = tmp_path / 'hf'
     folder.mkdir()
@@ -92,6 +92,36 @@ def test_hf_dataset_streamed_from_local_files_one_part_per_shard(tiny_tokenizer,
     # A local folder works as --dataset too; a wrong field names the fields that exist.
     with pytest.raises(DataError, match=r"no field 'text' \(its fields: .*content"):
         HFSource(str(folder)).parts()
+
+
+def test_hf_local_dataset_is_read_by_foundrys_readers_with_the_streamed_stream(tiny_tokenizer, tmp_path,
+                                                                             offline_hf, monkeypatch):
+    """A local folder in allenai/c4's layout (README configs, gzipped JSON Lines shards): datasets resolves
+    the split's files, foundry's JSON reader reads them; the same stream as datasets' streaming reader,
+    which still reads what foundry's readers do not (here: a csv dataset)."""
+    folder = tmp_path / 'c4'
+    (folder / 'en').mkdir(parents=True)
+    (folder / 'README.md').write_text('---\nconfigs:\n- config_name: en\n  data_files:\n  - split: train\n'
+                                      '    path: en/c4-train.*.json.gz\n---\n')
+    for i in range(2):
+        write_jsonl(folder / 'en' / f'c4-train.{i:05d}-of-00002.json.gz', DOCS[i * 45:(i + 1) * 45], opener=gzip.open)
+    source = HFSource(str(folder), 'en')
+    kind, files = source.local_files()
+    assert kind == 'json' and [os.path.basename(f) for f in files] == [
+        'c4-train.00000-of-00002.json.gz', 'c4-train.00001-of-00002.json.gz']
+    convert(source, str(tmp_path / 'fast'), tiny_tokenizer, 16, progress=False, verbose=False)
+    monkeypatch.setattr(HFSource, 'local_files', lambda self: None)  # what datasets' streaming reader gives
+    convert(HFSource(str(folder), 'en'), str(tmp_path / 'streamed'), tiny_tokenizer, 16, progress=False,
+            verbose=False)
+    stream = expected_stream(tiny_tokenizer, DOCS)
+    assert stream_of(tmp_path / 'fast') == stream_of(tmp_path / 'streamed') == stream[:len(stream) // 16 * 16]
+    monkeypatch.undo()
+
+    (tmp_path / 'data.csv').write_text('text\n' + ''.join(f'"{d}"\n' for d in DOCS))
+    csv = HFSource('csv', data_files=str(tmp_path / 'data.csv'))
+    assert csv.local_files() is None
+    convert(csv, str(tmp_path / 'csv'), tiny_tokenizer, 16, progress=False, verbose=False)
+    assert stream_of(tmp_path / 'csv') == stream[:len(stream) // 16 * 16]
 
 
 def test_hf_cli_writes_each_split(tiny_tokenizer_path, tiny_tokenizer, tmp_path, offline_hf):
