@@ -132,6 +132,8 @@ class JSONLinesLogger(LoggerDestination):
         if not force and len(self._held) < self.device_flush_interval and _holds_device_tensors(self._held):
             return  # wait: writing now would read a GPU value, a host-device sync
         _values_to_host(self._held)
+        if self._file is not None and self._file.closed:  # closed under us (interpreter shutdown, GC order)
+            self._file = None
         self._open()
         assert self._file is not None
         self._file.write(''.join(json.dumps(line, default=_to_json) + '\n' for line in self._held))

@@ -21,6 +21,7 @@ interrupted build is never mistaken for a finished one.
 from __future__ import annotations
 
 import ast
+import gc
 import json
 import os
 import random
@@ -256,6 +257,23 @@ def _source_documents(files: Iterable[tuple[str, str]]) -> Iterator[tuple[str, s
             yield rel, text
 
 
+def _parse(text: str) -> ast.Module:
+    """ast.parse with the garbage collector paused.
+
+    CPython 3.11's AST constructor counts its recursion depth and raises SystemError ("AST
+    constructor recursion depth mismatch") when Python code runs in the middle of it and leaves the
+    count unbalanced; a collection that finalises an object with a __del__ (an abandoned Composer
+    Trainer closing its loggers, in a test process) does exactly that.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return ast.parse(text)
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def _docstring_documents(files: Iterable[tuple[str, str]]) -> Iterator[tuple[str, str]]:
     """One document per module: its docstrings, module first, in source order."""
     for rel, full in files:
@@ -263,7 +281,7 @@ def _docstring_documents(files: Iterable[tuple[str, str]]) -> Iterator[tuple[str
         if not text:
             continue
         try:
-            tree = ast.parse(text)
+            tree = _parse(text)
         except (SyntaxError, ValueError):
             continue
         docs = []
