@@ -29,10 +29,11 @@ demo-finetune: setup
 # Everything, including the slow end-to-end runs through the real composer launcher. Two pytest processes:
 # mosaicml-streaming keeps a file descriptor per shared-memory segment open until its process exits, and
 # tests/data alone opens hundreds of datasets (tests/conftest.py also closes them after each test).
+# The slowest tests are listed at the end of each: CI has a 45-minute budget for both stacks.
 test: setup
 	@$(BIN)/python -m foundry.stack_report $(STACK)
-	$(BIN)/python -m pytest tests/data -q; data=$$?; \
-	$(BIN)/python -m pytest tests -q --ignore=tests/data; rest=$$?; \
+	$(BIN)/python -m pytest tests/data -q --durations=15; data=$$?; \
+	$(BIN)/python -m pytest tests -q --durations=25 --ignore=tests/data; rest=$$?; \
 	test $$data -eq 0 -a $$rest -eq 0
 
 # Unit tests only (seconds, no launcher runs).
