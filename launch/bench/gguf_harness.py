@@ -20,6 +20,34 @@ import llamacpp_venv
 HERE = Path(__file__).resolve().parent
 
 
+def tiny_model(seed: int, vocab_size: int, max_seq_len: int, train_on=None, **overrides):
+    """A d_model-64, 2-layer MPT with every weight random (a tensor in the wrong place shows), trained 30 steps on
+    `train_on` if given: a trained model's clear top-1 margins (a random model's top two of 50k logits are so
+    close that q8_0's rounding reorders them far more often than in any trained model)."""
+    import torch
+
+    from foundry.models.mpt.configuration import MPTConfig
+    from foundry.models.mpt.modeling import MPTForCausalLM
+
+    kwargs = dict(d_model=64, n_heads=4, n_layers=2, expansion_ratio=4, max_seq_len=max_seq_len, vocab_size=vocab_size,
+                  attn_config={'attn_impl': 'torch'}, init_device='cpu')
+    kwargs.update(overrides)
+    torch.manual_seed(seed)
+    model = MPTForCausalLM(MPTConfig(**kwargs))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.3)
+    if train_on is not None:
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+        ids = torch.tensor([train_on])
+        for _ in range(30):
+            loss = torch.nn.functional.cross_entropy(model(ids).logits[0, :-1], ids[0, 1:])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return model.eval()
+
+
 def foundry_logits(model, ids: list[int]) -> np.ndarray:
     import torch
 

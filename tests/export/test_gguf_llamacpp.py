@@ -18,7 +18,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / 'launch' / 'bench'))
@@ -45,35 +44,13 @@ VARIANTS = {
 }
 
 
-def tiny_model(seed: int, vocab_size: int, train_on=None, **overrides):
-    from foundry.models.mpt.configuration import MPTConfig
-    from foundry.models.mpt.modeling import MPTForCausalLM
-
-    kwargs = dict(d_model=64, n_heads=4, n_layers=2, expansion_ratio=4, max_seq_len=SEQ, vocab_size=vocab_size,
-                  attn_config={'attn_impl': 'torch'}, init_device='cpu')
-    kwargs.update(overrides)
-    torch.manual_seed(seed)
-    model = MPTForCausalLM(MPTConfig(**kwargs))
-    with torch.no_grad():
-        for p in model.parameters():  # random everywhere: a tensor in the wrong place shows
-            p.normal_(0, 0.3)
-    if train_on is not None:
-        # A few steps on the prompt give the default model a trained model's clear top-1 margins (a random
-        # model's top two of 50k logits are so close that q8_0's rounding reorders them more often).
-        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-        ids = torch.tensor([train_on])
-        for _ in range(30):
-            loss = torch.nn.functional.cross_entropy(model(ids).logits[0, :-1], ids[0, 1:])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return model.eval()
-
-
 @pytest.fixture(scope='module')
 def parity(tmp_path_factory):
+    from foundry.checkpoint.meta import write_run_meta
     from foundry.data.tokenizer import build_tokenizer, save_tokenizer
     from foundry.export.gguf import export_gguf
+    from foundry.export.hf import export_hf
+    from tests.checkpoint.helpers import write_full
     from tests.export.bpe import bpe_tokenizer
 
     work = tmp_path_factory.mktemp('gguf')
@@ -81,20 +58,27 @@ def parity(tmp_path_factory):
     text = (REPO / 'README.md').read_text(encoding='utf-8')[:6000]
     jobs, models = [], {}
     for seed, (name, overrides) in enumerate(VARIANTS.items()):
-        # The default model has GPT-NeoX's tokenizer, which llama.cpp's converter recognises; the variants a
-        # small byte-level BPE (their files stay small; the converter cannot write them anyway).
+        # The default model has GPT-NeoX's tokenizer, which llama.cpp's converter recognises, and goes through a
+        # Composer checkpoint and `foundry export hf` (what the converter gets); the variants have a small
+        # byte-level BPE and an HF folder (their files stay small; the converter cannot write them anyway).
         tokenizer = neox if name == 'default' else bpe_tokenizer()
-        vocab = 50432 if name == 'default' else 320
         tokens = tokenizer(text, add_special_tokens=False)['input_ids'][:2 * SEQ]
-        model = tiny_model(seed, vocab, train_on=tokens if name == 'default' else None, **overrides)
+        model = harness.tiny_model(seed, 50432 if name == 'default' else 320, SEQ,
+                                   train_on=tokens if name == 'default' else None, **overrides)
         hf = work / f'hf-{name}'
-        model.save_pretrained(hf)
-        save_tokenizer(tokenizer, str(hf))
+        if name == 'default':
+            src = write_full(str(work / 'checkpoints' / 'ep0-ba1-rank0.pt'), model.state_dict())
+            write_run_meta(str(work / 'checkpoints'), model.config, tokenizer)
+            export_hf(src, str(hf))
+        else:
+            model.save_pretrained(hf)
+            save_tokenizer(tokenizer, str(hf))
+            src = str(hf)
         n = SEQ if model.config.learned_pos_emb else 2 * SEQ
         # foundry's side once per model: logits over n tokens, 32 greedy tokens after 64 and n - 32 tokens.
         models[name] = (harness.foundry_logits(model, tokens[:n]), n,
                         [harness.foundry_greedy(model, tokens[:p], 32) for p in (64, n - 32)])
-        files = {f'foundry-{name}-{t}': export_gguf(str(hf), str(work / f'{name}-{t}.gguf'), outtype=t)
+        files = {f'foundry-{name}-{t}': export_gguf(src, str(work / f'{name}-{t}.gguf'), outtype=t)
                  for t in (('f32', 'q8_0') if name == 'default' else ('f32',))}
         if name == 'default':
             done = harness.run_converter(str(hf), str(work / 'llamacpp-default-f32.gguf'), 'f32')
