@@ -159,7 +159,8 @@ convert_dataset_json_from_args(path=path, out_root=out_root, compression=None,
 '''
 
 
-def timed(cmd: list[str], env: dict | None = None) -> tuple[float, subprocess.CompletedProcess]:
+def timed(cmd: list[str], env: dict | None = None,
+          may_fail: bool = False) -> tuple[float, subprocess.CompletedProcess]:
     import resource
 
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -168,7 +169,8 @@ def timed(cmd: list[str], env: dict | None = None) -> tuple[float, subprocess.Co
     seconds = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     timed.last_cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    if proc.returncode != 0:
+    timed.peak_rss_gb = after.ru_maxrss / 2**20  # KiB; the largest child so far
+    if proc.returncode != 0 and not may_fail:
         raise SystemExit(f'[bench] failed: {" ".join(cmd)}\n{proc.stdout[-2000:]}\n'
                          f'{proc.stderr[-4000:]}')
     return seconds, proc
@@ -231,7 +233,8 @@ def main() -> int:
                     results[mode] = (label, seconds, tokens, out)
                     print(f'[bench] {shape} {mb:g} MB: {label}: {seconds:.1f} s, {tokens:,} tokens '
                           f'(load {load()})', flush=True)
-                reference = read_samples(results['llm-foundry'][3]) if 'llm-foundry' in results else None
+                failed = 'llm-foundry' in results and 'FAILED' in results['llm-foundry'][0]
+                reference = read_samples(results['llm-foundry'][3]) if 'llm-foundry' in results and not failed else None
                 for mode, (label, seconds, tokens, out) in results.items():
                     same = ratio = None
                     if reference is not None and mode != 'llm-foundry':
@@ -242,6 +245,9 @@ def main() -> int:
                         ratio = results['llm-foundry'][1] / seconds
                         ok = ok and same
                     limit = limits['fast_bpe' if 'fast_bpe' in label else 'hf'] if mode != 'llm-foundry' else limits['hf']
+                    if failed and mode != 'llm-foundry':
+                        ratio = results['llm-foundry'][1] / seconds  # a lower bound: llm-foundry did not finish
+                        same = 'no reference: llm-foundry failed (ratio is a lower bound)'
                     rows.append((shape, mb, label, seconds, tokens / seconds / cores, limit, ratio, same))
             finally:
                 shutil.rmtree(work, ignore_errors=True)
@@ -286,10 +292,14 @@ def run_llmfoundry(python_lf: str, corpus: str, out: str, tokdir: str,
     hf_home = tempfile.mkdtemp(prefix='hf-home-', dir=work)  # no dataset cache reused
     env = {'HF_HOME': hf_home, 'HF_DATASETS_OFFLINE': '1', 'HF_HUB_OFFLINE': '1',
            'TRANSFORMERS_OFFLINE': '1'}
-    seconds, _ = timed([python_lf, runner, corpus, out, tokdir, str(SEQ), EOS], env)
+    seconds, proc = timed([python_lf, runner, corpus, out, tokdir, str(SEQ), EOS], env, may_fail=True)
     shutil.rmtree(hf_home, ignore_errors=True)
-    tokens = sum(len(s) for s in read_samples(out))
-    return 'llm-foundry 0.22.0 convert_dataset_json', seconds, tokens
+    label = 'llm-foundry 0.22.0 convert_dataset_json'
+    if proc.returncode != 0:  # e.g. the kernel's OOM killer on one huge document (it holds it all at once)
+        how = (f'killed by signal {-proc.returncode}, peak RSS {timed.peak_rss_gb:.1f} GB'
+               if proc.returncode < 0 else f'exit {proc.returncode}: {proc.stderr.strip().splitlines()[-1:]}')
+        return f'{label} FAILED ({how})', seconds, 0
+    return label, seconds, sum(len(s) for s in read_samples(out))
 
 
 if __name__ == '__main__':
