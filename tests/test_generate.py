@@ -35,6 +35,14 @@ def test_greedy_stream_equals_generate_past_the_training_length(tmp_path, capsys
     assert 'past the training length 16' in err and f'[{new} new tokens; prompt {ids.shape[1]} tokens; greedy]' in err
 
 
+def test_gqa_checkpoint(tmp_path, capsys):
+    # transformers 5's own MptConfig refuses grouped_query_attention: the tokenizer must load without it.
+    _, _, ckpt = saved(tmp_path, attn_config={'attn_impl': 'torch', 'attn_type': 'grouped_query_attention',
+                                              'kv_n_heads': 2})
+    assert foundry_cli(['generate', str(ckpt), '--prompt', 'the fox', '--max_new_tokens', '4']) == 0
+    assert capsys.readouterr().out.startswith('the fox')
+
+
 def test_sampling_is_seeded_and_hf_folder_works(tmp_path, capsys):
     model, tokenizer, ckpt = saved(tmp_path)
     model.save_pretrained(tmp_path / 'hf')

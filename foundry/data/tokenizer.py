@@ -70,6 +70,12 @@ def build_tokenizer(name: str, kwargs: dict[str, Any] | None = None) -> PreTrain
         if os.path.isfile(bare) and not has_config:
             # AutoTokenizer cannot pick a class without tokenizer_config.json; load the file.
             tokenizer = _from_tokenizer_file(bare, kwargs)
+        elif _plain_fast_class(path):
+            # Not AutoTokenizer: it also reads the folder's config.json, and transformers 5's own MptConfig
+            # refuses foundry models it cannot express (grouped_query_attention) before the tokenizer loads.
+            from transformers import PreTrainedTokenizerFast
+
+            tokenizer = PreTrainedTokenizerFast.from_pretrained(path, **kwargs)
         else:
             tokenizer = _from_pretrained(path, kwargs, what='local directory')
     elif looks_like_local_path(name):
@@ -83,6 +89,17 @@ def build_tokenizer(name: str, kwargs: dict[str, Any] | None = None) -> PreTrain
         # Padded positions are excluded by attention_mask and labels=-100, so reusing eos is safe.
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def _plain_fast_class(folder: str) -> bool:
+    """Whether the folder's tokenizer_config.json names the plain fast class (what foundry's runs save)."""
+    import json
+
+    try:
+        with open(os.path.join(folder, 'tokenizer_config.json'), encoding='utf-8') as f:
+            return json.load(f).get('tokenizer_class') in ('PreTrainedTokenizerFast', 'TokenizersBackend')
+    except (OSError, ValueError):
+        return False
 
 
 def _from_pretrained(name: str, kwargs: dict[str, Any], what: str) -> PreTrainedTokenizerBase:
