@@ -11,6 +11,7 @@ from typing import Iterator, Sequence
 
 from foundry.data import objstore
 from foundry.data.errors import DataError
+from foundry.data.prep.hf_local import local_split_files
 from foundry.data.prep.sources import TASK_DOCS, JsonSource, ParquetSource, Part, Source, digest
 
 __all__ = ['HFSource']
@@ -80,12 +81,16 @@ class HFSource(Source):
         the builder's default options; None otherwise (hub data, scripts, csv/text, options set).
 
         `datasets` still resolves what the dataset is (its README's configs, data_files patterns,
-        the split's files in order); only the reading is foundry's: its JSON and Parquet readers
+        the split's files in order), except for the plain layouts hf_local.py reads without
+        importing it; the reading is foundry's: its JSON and Parquet readers
         give the same documents in the same order several times faster than datasets' streaming
         iterator, and each file becomes restartable parts like any local input.
         """
         if self.trust_remote_code:
             return None
+        found = local_split_files(self.path, self.name, self.split, self.data_files)
+        if found is not None:  # a plain local layout: no need to import datasets (hf_local.py)
+            return found
         import datasets
 
         try:

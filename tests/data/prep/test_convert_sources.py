@@ -94,6 +94,45 @@ def test_hf_dataset_from_local_files_one_part_per_file(tiny_tokenizer, tmp_path,
         HFSource(str(folder)).parts()
 
 
+def datasets_files(path, name, split, data_files=None):
+    import datasets
+
+    builder = datasets.load_dataset_builder(path, name, data_files=data_files)
+    return [str(f) for f in builder.config.data_files[split]]
+
+
+def test_local_layouts_resolve_to_datasets_file_lists(tmp_path, offline_hf, monkeypatch):
+    """hf_local.py finds the files of plain local layouts without importing datasets: the same list
+    datasets resolves, in its order; anything else is left to datasets (None)."""
+    from foundry.data.prep.hf_local import local_split_files
+
+    folder = tmp_path / 'multi'
+    for sub in ('en', 'de'):
+        (folder / sub).mkdir(parents=True)
+        for i in (2, 0, 1, 10):
+            write_jsonl(folder / sub / f'part-{i}.jsonl', DOCS[:3])
+    (folder / 'en' / 'valid.jsonl').write_text('{"text": "x"}\n')
+    (folder / 'README.md').write_text('---\nconfigs:\n- config_name: en\n  default: true\n  data_files:\n'
+                                      '  - split: train\n    path: ["en/part-1*.jsonl", "en/part-[02].jsonl"]\n'
+                                      '  - split: validation\n    path: en/valid.jsonl\n'
+                                      '- config_name: de\n  data_files: "de/*.jsonl"\n---\n# a dataset\n')
+    cases = [(str(folder), 'en', 'train', None), (str(folder), None, 'train', None),
+             (str(folder), 'en', 'validation', None), (str(folder), 'de', 'train', None),
+             ('json', None, 'train', [str(folder / 'de' / 'part-1.jsonl'), str(folder / 'en' / 'part-*.jsonl')])]
+    for path, name, split, data_files in cases:
+        kind, files = local_split_files(path, name, split, data_files)
+        assert kind == 'json' and files == datasets_files(path, name, split, data_files), (path, name, split)
+    # Left to datasets: no README configs, a config with builder options, a missing split or file.
+    plain = tmp_path / 'plain'
+    plain.mkdir()
+    write_jsonl(plain / 'train.jsonl', DOCS[:3])
+    assert local_split_files(str(plain), None, 'train', None) is None
+    (plain / 'README.md').write_text('---\nconfigs:\n- config_name: x\n  data_files: "*.jsonl"\n  field: data\n---\n')
+    assert local_split_files(str(plain), 'x', 'train', None) is None
+    assert local_split_files(str(folder), 'de', 'test', None) is None
+    assert local_split_files('json', None, 'train', [str(tmp_path / 'missing-*.jsonl')]) is None
+
+
 def test_hf_local_dataset_is_read_by_foundrys_readers_with_the_streamed_stream(tiny_tokenizer, tmp_path,
                                                                              offline_hf, monkeypatch):
     """A local folder in allenai/c4's layout (README configs, gzipped JSON Lines shards): datasets resolves
@@ -109,6 +148,7 @@ def test_hf_local_dataset_is_read_by_foundrys_readers_with_the_streamed_stream(t
     kind, files = source.local_files()
     assert kind == 'json' and [os.path.basename(f) for f in files] == [
         'c4-train.00000-of-00002.json.gz', 'c4-train.00001-of-00002.json.gz']
+    assert files == datasets_files(str(folder), 'en', 'train')  # found without importing datasets, the same list
     convert(source, str(tmp_path / 'fast'), tiny_tokenizer, 16, progress=False, verbose=False)
     monkeypatch.setattr(HFSource, 'local_files', lambda self: None)  # what datasets' streaming reader gives
     convert(HFSource(str(folder), 'en'), str(tmp_path / 'streamed'), tiny_tokenizer, 16, progress=False,
