@@ -111,7 +111,8 @@ def test_endpoint_gone_mid_upload_is_retried_then_one_line_and_the_previous_chec
         proxy = CuttingProxy(port, marker=b'/ep0-ba4/', cut_at=2)
         for k, v in {'S3_ENDPOINT_URL': f'http://127.0.0.1:{proxy.port}', 'AWS_ACCESS_KEY_ID': 't',
                      'AWS_SECRET_ACCESS_KEY': 't', 'AWS_DEFAULT_REGION': 'us-east-1', 'FOUNDRY_UPLOAD_POLL_S': '0.5',
-                     'FOUNDRY_UPLOAD_ATTEMPTS': '3', 'FOUNDRY_UPLOAD_FIRST_WAIT_S': '0.2'}.items():
+                     'FOUNDRY_UPLOAD_ATTEMPTS': '3', 'FOUNDRY_UPLOAD_FIRST_WAIT_S': '0.2',
+                     'AWS_MAX_ATTEMPTS': '1'}.items():  # boto3's own retries (seconds of backoff each) off
             monkeypatch.setenv(k, v)
         save = f'save_folder=s3://{BUCKET}/{{run_name}}/checkpoints'
 
