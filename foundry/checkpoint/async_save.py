@@ -29,11 +29,13 @@ its synchronous saves.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import time
 from typing import Any, Optional
 
+import torch
 from composer.callbacks import CheckpointSaver
 from composer.core import State
 from composer.loggers import Logger
@@ -173,7 +175,6 @@ def _staging_writer(folder: str):
     grows by one each time); caching the whole dict, as torch does, would miss on every save and
     allocate and copy everything twice. Non-tensor values are small and copied afresh each time.
     """
-    import torch
     from torch.distributed._state_dict_utils import _copy_state_dict, _create_cpu_state_dict
     from torch.distributed.checkpoint import FileSystemWriter
 
@@ -204,10 +205,6 @@ def _split_tensors(obj: Any, path: tuple, tensors: dict) -> Any:
     """`obj` with every tensor in its dicts and lists replaced by a slot named by its path (the
     tensors collected into `tensors`), and every other value copied, so later changes to the live
     state cannot reach the checkpoint being written."""
-    import copy
-
-    import torch
-
     if isinstance(obj, torch.Tensor):
         tensors[path] = obj
         return _TensorSlot(path)

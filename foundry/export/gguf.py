@@ -174,11 +174,12 @@ def _export(given: str, source: _Source, out_path: str, outtype: str) -> str:
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
-        order = [p for p in planned]
+        order = list(planned)
+        wanted = {p.hf_name for p in planned}
         pending: dict = {}
         total = 0
         for group in source.groups():
-            pending.update({k: v for k, v in group.items() if k in {p.hf_name for p in order}})
+            pending.update({k: v for k, v in group.items() if k in wanted})
             while order and order[0].hf_name in pending:
                 p = order.pop(0)
                 data = _encode(pending.pop(p.hf_name), p.qtype)

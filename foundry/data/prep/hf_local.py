@@ -88,6 +88,7 @@ def _split_patterns(data_files: Any, split: str) -> list[str] | None:
 
 def _files_of(patterns: list[str], root: str, kind: str | None) -> tuple[str, list[str]] | None:
     files: list[str] = []
+    seen: set[str] = set()
     for pattern in patterns:
         if '://' in pattern or '::' in pattern or '**' in pattern:
             return None
@@ -96,7 +97,8 @@ def _files_of(patterns: list[str], root: str, kind: str | None) -> tuple[str, li
         matches = [os.path.abspath(m) for m in matches if os.path.isfile(m)]
         if not matches or any(os.path.basename(m).startswith(('.', '_')) for m in matches):
             return None  # datasets says what is missing, and has its own rules for hidden files
-        files.extend(m for m in matches if m not in files)
+        files.extend(m for m in matches if m not in seen)
+        seen.update(matches)
     found = {'json' if f.lower().endswith(_JSON) else 'parquet' if f.lower().endswith(_PARQUET) else None
              for f in files}
     if len(found) != 1 or None in found or (kind is not None and found != {kind}):
